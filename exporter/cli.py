@@ -1,0 +1,219 @@
+"""The ``efexport`` command line.
+
+Console output (progress, warnings, errors) goes to stderr; ``--json`` prints one JSON document on stdout.
+Exit codes: see ``exporter.errors.ExitCode`` (0 ok, 2 usage, 3 bad input, 4 output, 5 parity, 6 verify,
+130 interrupted, 1 internal error).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from exporter.errors import EfexportError, ExitCode
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok, 2 usage, 3 bad input (checkpoint, recipe, option values), 4 output exists or is not "
+    "writable, 5 parity gate failed, 6 verification failed, 130 interrupted, 1 internal error."
+)
+
+app = typer.Typer(
+    name="efexport",
+    help="Export EfficientFormer checkpoints to deployable, verified, documented artifacts.\n\n" + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+class Variant(str, Enum):
+    l1 = "l1"
+    l3 = "l3"
+    l7 = "l7"
+
+
+class Simplifier(str, Enum):
+    onnxsim = "onnxsim"
+    onnxslim = "onnxslim"
+    none = "none"
+
+
+VariantOpt = Annotated[
+    Variant | None,
+    typer.Option("--variant", "-v", help="EfficientFormer V1 variant. Optional with --weights: the checkpoint "
+                                         "identifies it."),
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--weights", "-w", help="Checkpoint: upstream or timm layout, .pth or .safetensors. Without it "
+                                         "the model is randomly initialised (artifact marked random-init).",
+                 show_default=False),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random initialisation (without --weights).")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output root; the artifact goes to "
+                                                          "OUT/efficientformer-VARIANT/TARGET-PRECISION/.")]
+RecipeOpt = Annotated[
+    Path | None,
+    typer.Option("--recipe", help="Recipe TOML (default: recipes/TARGET.toml). Flags override its values.",
+                 show_default=False),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing artifact (atomically).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on the console.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
+
+
+def _stderr(quiet: bool) -> Console | None:
+    return None if quiet else Console(stderr=True)
+
+
+def _fail(exc: EfexportError, as_json: bool) -> typer.Exit:
+    stage = getattr(exc, "stage", None)
+    where = f"[{stage}] " if stage else ""
+    Console(stderr=True).print(f"[bold red]error:[/] {where}{exc}", highlight=False, soft_wrap=True)
+    if as_json:
+        print(json.dumps({"status": "error", "stage": stage, "error": str(exc), "exit_code": int(exc.exit_code)}))
+    return typer.Exit(int(exc.exit_code))
+
+
+def _run_guarded(as_json: bool, work: Any) -> Any:
+    try:
+        return work()
+    except EfexportError as exc:
+        raise _fail(exc, as_json) from None
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[bold red]interrupted[/]: nothing was written")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
+def _summary_table(result: Any) -> Table:
+    manifest = result.manifest
+    parity, latency = manifest["parity"], manifest["latency"][0]
+    table = Table(title=f"{result.artifact}", show_header=False, title_justify="left")
+    table.add_row("weights", manifest["weights"]["source"] if manifest["weights"]["source"] != "checkpoint"
+                  else f"{manifest['weights']['file']} ({manifest['weights']['layout']}, "
+                       f"sha256 {manifest['weights']['sha256'][:12]})")
+    table.add_row("parity", f"{'passed' if parity['passed'] else 'FAILED'}: max abs {parity['max_abs']:.2e}, "
+                            f"min cosine {parity['min_cosine']:.7f}, top-1 {parity['top1_agreement']:.0%} "
+                            f"on {len(parity['per_input'])} inputs")
+    stats = latency["stats_ms"]
+    table.add_row("latency", f"p50 {stats['p50']:.2f} ms, p90 {stats['p90']:.2f} ms, p99 {stats['p99']:.2f} ms "
+                             f"({latency['backend']}, batch {latency['batch_size']}, {latency['threads']} threads)")
+    table.add_row("nodes", ", ".join(f"{op} {n}" for op, n in manifest["target"]["op_counts"].items()))
+    return table
+
+
+@app.command("onnx")
+def onnx_command(
+    variant: VariantOpt = None,
+    weights: WeightsOpt = None,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("artifacts"),
+    recipe: RecipeOpt = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (recipe default 17).",
+                                              show_default=False)] = None,
+    dynamic_batch: Annotated[bool | None, typer.Option("--dynamic-batch/--static-batch",
+                                                       help="Dynamic batch axis, or a static batch of 1 "
+                                                            "(recipe default: static).",
+                                                       show_default=False)] = None,
+    simplifier: Annotated[Simplifier | None, typer.Option("--simplifier", help="Graph simplifier "
+                                                          "(recipe default onnxsim).", show_default=False)] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Input height and width; the attention "
+                                                   "bias allows only a 7x7 token grid (224).",
+                                                   show_default=False)] = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export to ONNX, prove parity with ONNX Runtime, measure latency, and package the artifact.
+
+    Writes OUT/efficientformer-VARIANT/onnx-fp32/ with model.onnx, manifest.json and reference_io.npz.
+    """
+    from exporter.pipeline import ExportRequest, StageReporter, run_export
+    from exporter.recipes import apply_overrides, default_recipe_path, load_recipe
+
+    def work() -> Any:
+        recipe_path = recipe or default_recipe_path("onnx")
+        loaded_recipe, _ = load_recipe(recipe_path)
+        if loaded_recipe.target != "onnx":
+            from exporter.errors import RecipeError
+
+            raise RecipeError(f"recipe {recipe_path} is for target {loaded_recipe.target!r}, not 'onnx'")
+        final_recipe = apply_overrides(loaded_recipe, {
+            "export.opset": opset, "export.dynamic_batch": dynamic_batch,
+            "export.simplifier": simplifier.value if simplifier else None, "export.image_size": image_size,
+        })
+        request = ExportRequest(variant=variant.value if variant else None, weights=weights, seed=seed,
+                                out_dir=out, recipe=final_recipe, recipe_source=str(recipe_path), force=force)
+        console = _stderr(quiet)
+        result = run_export(request, StageReporter(console))
+        if console:
+            console.print(_summary_table(result))
+        return result
+
+    result = _run_guarded(as_json, work)
+    if as_json:
+        manifest = result.manifest
+        print(json.dumps({"status": "ok", "artifact": str(result.artifact), "variant": manifest["model"]["variant"],
+                          "weights": manifest["weights"], "parity": {k: manifest["parity"][k] for k in (
+                              "passed", "max_abs", "mean_abs", "max_rel", "min_cosine", "top1_agreement",
+                              "mean_top5_overlap")},
+                          "latency": manifest["latency"], "stage_seconds": result.stage_seconds}, indent=2))
+
+
+@app.command("verify")
+def verify_command(
+    path: Annotated[Path, typer.Argument(help="An artifact directory (the one holding manifest.json).")],
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Runtime threads for the parity re-run.")] = 2,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-check a saved artifact: every file's sha256 against the manifest, then parity from reference_io.npz."""
+    from exporter.verify import verify_artifact
+
+    report = _run_guarded(as_json, lambda: verify_artifact(path, threads))
+    console = _stderr(quiet)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    if console:
+        if report.passed:
+            parity = report.parity
+            console.print(f"[green]verified[/] {path}: {report.files_checked} files match the manifest; parity "
+                          f"max abs {parity.max_abs:.2e}, min cosine {parity.min_cosine:.7f}")
+        else:
+            for problem in report.problems:
+                console.print(f"[bold red]verify failed:[/] {problem}", highlight=False)
+    if not report.passed:
+        raise typer.Exit(int(ExitCode.VERIFY_FAILED))
+
+
+@app.command("variants")
+def variants_command(as_json: JsonOpt = False) -> None:
+    """List the supported EfficientFormer variants with their published size and cost."""
+    from exporter.models.efficientformer import CONFIGS
+
+    rows = [{"variant": c.variant, "widths": list(c.widths), "depths": list(c.depths), "mb3d_blocks": c.num_mb3d,
+             "published_params_m": c.published_params_m, "published_gmacs": c.published_gmacs}
+            for c in CONFIGS.values()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("variant", "widths", "depths", "MB3D", "params (M, published)", "GMACs (published)")
+    for r in rows:
+        table.add_row(r["variant"], str(r["widths"]), str(r["depths"]), str(r["mb3d_blocks"]),
+                      f"{r['published_params_m']:.2f}", f"{r['published_gmacs']:.2f}")
+    Console().print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INTERRUPTED))

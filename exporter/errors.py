@@ -1,0 +1,53 @@
+"""Errors a user can act on, each with the exit code the CLI returns for it.
+
+Anything else that escapes is a bug and exits with INTERNAL_ERROR.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL_ERROR = 1
+    USAGE = 2  # bad flags (also what typer/click return for a malformed command line)
+    BAD_INPUT = 3  # checkpoint, recipe or option values that cannot be used
+    OUTPUT_ERROR = 4  # output exists (without --force) or cannot be written
+    PARITY_FAILED = 5  # the exported model does not compute what PyTorch computes
+    VERIFY_FAILED = 6  # a saved artifact does not match its manifest
+    INTERRUPTED = 130
+
+
+class EfexportError(Exception):
+    """Base class: a message for the user and the process exit code."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL_ERROR
+
+
+class UsageError(EfexportError):
+    exit_code = ExitCode.USAGE
+
+
+class CheckpointError(EfexportError):
+    exit_code = ExitCode.BAD_INPUT
+
+
+class RecipeError(EfexportError):
+    exit_code = ExitCode.BAD_INPUT
+
+
+class InputSpecError(EfexportError):
+    exit_code = ExitCode.BAD_INPUT
+
+
+class OutputError(EfexportError):
+    exit_code = ExitCode.OUTPUT_ERROR
+
+
+class ParityError(EfexportError):
+    exit_code = ExitCode.PARITY_FAILED
+
+
+class VerifyError(EfexportError):
+    exit_code = ExitCode.VERIFY_FAILED

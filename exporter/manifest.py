@@ -1,0 +1,83 @@
+"""manifest.json: everything known about an artifact, measured in the run that made it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+from functools import cache
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_SCHEMA = "efexport.manifest/1"
+REFERENCE_FILE = "reference_io.npz"
+_TRACKED_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "onnxslim")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@cache
+def _git_commit() -> str | None:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def tool_versions() -> dict[str, str | None]:
+    from exporter import __version__
+
+    versions: dict[str, str | None] = {"efexport": __version__, "efexport_git_commit": _git_commit(),
+                                       "python": platform.python_version()}
+    for package in _TRACKED_PACKAGES:
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def file_table(directory: Path) -> dict[str, dict]:
+    """sha256 and size of every file under ``directory`` except the manifest itself, sorted by path."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    return {p.relative_to(directory).as_posix(): {"sha256": sha256_of(p), "bytes": p.stat().st_size}
+            for p in files}
+
+
+def metadata_entries(manifest: dict) -> dict[str, str]:
+    """The manifest's facts as flat string pairs for a model file's own metadata (file hashes excluded:
+    they would have to include the file that carries them)."""
+    return {f"efexport.{key}": value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            for key, value in manifest.items() if key != "files"}
+
+
+def write_manifest(directory: Path, manifest: dict) -> Path:
+    path = directory / MANIFEST_FILE
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_manifest(directory: Path) -> dict:
+    from exporter.errors import VerifyError
+
+    path = directory / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VerifyError(f"{directory}: no {MANIFEST_FILE}; not an efexport artifact") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VerifyError(f"{path}: unreadable manifest: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
+        raise VerifyError(f"{path}: not an {MANIFEST_SCHEMA} manifest")
+    return manifest

@@ -1,0 +1,193 @@
+"""Reading checkpoints safely and loading them into an EfficientFormer.
+
+Nothing pickled is ever executed: ``.pth`` files go through ``torch.load(weights_only=True)`` (with a
+short allowlist of inert classes that upstream training checkpoints carry, such as the argparse
+``Namespace`` under ``args``) and ``.safetensors`` through safetensors. Every failure is a
+``CheckpointError`` that names the problem, raised before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+
+from exporter.errors import CheckpointError
+from exporter.manifest import sha256_of
+from exporter.models.efficientformer import CONFIGS, EfficientFormer, build_model
+from exporter.models.layouts import KEY_MAPPERS, detect_layout, looks_like_efficientformer_v2
+
+# Classes an upstream training checkpoint holds besides tensors. Unpickling them only builds plain
+# objects (no code of the checkpoint's choosing runs), so they may be allowlisted for weights_only.
+_INERT_GLOBALS: list = [argparse.Namespace]
+STATE_DICT_ENTRIES = ("model", "state_dict", "model_state_dict")
+_DERIVED_KEYS = ("attention_bias_idxs",)
+_MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A state dict in the native layout, with where it came from."""
+
+    path: Path
+    sha256: str
+    file_format: str  # "pth" or "safetensors"
+    layout: str  # "upstream" or "timm"
+    state_dict: dict[str, torch.Tensor]
+
+    def describe(self) -> dict:
+        return {"source": "checkpoint", "file": self.path.name, "sha256": self.sha256,
+                "format": self.file_format, "layout": self.layout}
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        with torch.serialization.safe_globals(_INERT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:
+            unsafe = []
+        if unsafe:
+            raise CheckpointError(
+                f"{path}: refused to load: the checkpoint's pickle references {', '.join(unsafe[:_MAX_LISTED])}, "
+                "which loading would have to execute. efexport never unpickles code; re-save the weights "
+                "alone (torch.save(ckpt['model'], ...)) or as .safetensors"
+            ) from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({exc})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {first_line}") \
+            from None
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a bare state dict, or of the one under ``model``/``state_dict``; ``module.`` stripped."""
+    if _is_state_dict(obj):
+        state = obj
+    elif isinstance(obj, dict) and (entry := next((e for e in STATE_DICT_ENTRIES if _is_state_dict(obj.get(e))),
+                                                  None)):
+        state = obj[entry]
+    else:
+        shown = ", ".join(map(repr, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(
+            f"{path}: no state dict found: expected a dict of tensors, bare or under one of "
+            f"{', '.join(STATE_DICT_ENTRIES)}; found {shown}"
+        )
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Read a file into a native-layout state dict, or raise CheckpointError saying why not."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file")
+    if path.suffix == ".safetensors":
+        try:
+            raw = load_safetensors(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from None
+        file_format = "safetensors"
+    else:
+        raw = _torch_load(path)
+        file_format = "pth"
+    state = extract_state_dict(raw, path)
+    keys = list(state)
+    if looks_like_efficientformer_v2(keys):
+        raise CheckpointError(
+            f"{path}: this is an EfficientFormerV2 checkpoint (depthwise FFN and talking-head attention keys); "
+            "efexport supports EfficientFormer V1 (l1, l3, l7) so far"
+        )
+    layout = detect_layout(keys)
+    if layout is None:
+        raise CheckpointError(
+            f"{path}: not an EfficientFormer checkpoint: none of the upstream (patch_embed.*, network.*) or "
+            f"timm (stem.*, stages.*) keys are there; first keys: {', '.join(keys[:_MAX_LISTED])}"
+        )
+    mapper = KEY_MAPPERS[layout]
+    native = {mapper(k): v for k, v in state.items()}
+    return Checkpoint(path, sha256_of(path), file_format, layout, native)
+
+
+def expected_shapes(variant: str) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = build_model(variant)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _split_derived(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    derived = {k: v for k, v in state.items() if k.endswith(_DERIVED_KEYS)}
+    return {k: v for k, v in state.items() if k not in derived}, derived
+
+
+def layout_mismatches(state: dict[str, torch.Tensor], variant: str) -> list[str]:
+    """Human-readable differences between a native state dict and what ``variant`` expects."""
+    want = expected_shapes(variant)
+    got = {k: tuple(v.shape) for k, v in _split_derived(state)[0].items()}
+    problems = [f"shape of {k}: checkpoint {got[k]}, {variant} expects {want[k]}"
+                for k in want if k in got and got[k] != want[k]]
+    problems += [f"missing key {k} {want[k]}" for k in want if k not in got]
+    problems += [f"unexpected key {k} {got[k]}" for k in got if k not in want]
+    return problems
+
+
+def identify_variant(state: dict[str, torch.Tensor]) -> str | None:
+    """The variant whose keys and shapes match the state dict exactly, if any."""
+    for variant in CONFIGS:
+        if not layout_mismatches(state, variant):
+            return variant
+    return None
+
+
+def _check_derived_and_finite(ckpt: Checkpoint, model: EfficientFormer) -> None:
+    params, derived = _split_derived(ckpt.state_dict)
+    own = dict(model.named_buffers())
+    for key, value in derived.items():
+        if key in own and not torch.equal(value.to(own[key].dtype), own[key]):
+            raise CheckpointError(f"{ckpt.path}: {key} differs from the 7x7 attention layout this model uses")
+    bad = [k for k, v in params.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{ckpt.path}: non-finite values (NaN or Inf) in {', '.join(bad[:_MAX_LISTED])}")
+
+
+def load_into_model(ckpt: Checkpoint, variant: str | None) -> tuple[EfficientFormer, str]:
+    """Build the model for ``variant`` (identified from the checkpoint when None) and load the weights."""
+    found = identify_variant(ckpt.state_dict)
+    if variant is None:
+        if found is None:
+            closest = min(CONFIGS, key=lambda v: len(layout_mismatches(ckpt.state_dict, v)))
+            problems = layout_mismatches(ckpt.state_dict, closest)
+            raise CheckpointError(
+                f"{ckpt.path}: the {ckpt.layout}-layout checkpoint matches no EfficientFormer V1 variant; "
+                f"closest is {closest}, which differs in {len(problems)} keys: " + "; ".join(problems[:_MAX_LISTED])
+            )
+        variant = found
+    problems = layout_mismatches(ckpt.state_dict, variant)
+    if problems:
+        holds = f"it holds {found} weights" if found else "it matches no V1 variant"
+        raise CheckpointError(
+            f"{ckpt.path}: checkpoint does not fit EfficientFormer-{variant} ({holds}); {len(problems)} "
+            "differences, first: " + "; ".join(problems[:_MAX_LISTED])
+        )
+    model = build_model(variant)
+    _check_derived_and_finite(ckpt, model)
+    params, _ = _split_derived(ckpt.state_dict)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in params.items()}, strict=True)
+    return model.eval(), variant

@@ -1,0 +1,71 @@
+"""Writing artifacts so that nothing half-written is ever left where a finished artifact belongs.
+
+Everything is written into a fresh staging directory beside the destination and moved into place with a
+rename only once it is complete and verified; on any error (or interrupt) the staging directory goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from exporter.errors import OutputError
+
+
+def check_destination(final: Path, force: bool) -> None:
+    """Refuse early, before any work, when the destination exists and --force was not given."""
+    if final.exists() and not force:
+        raise OutputError(f"{final} already exists; pass --force to replace it")
+    if final.exists() and not final.is_dir():
+        raise OutputError(f"{final} exists and is not a directory")
+
+
+def _make_staging(final: Path) -> Path:
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write to {final.parent}: {exc.strerror or exc}") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the artifact's mode
+    return staging
+    except OSError as exc:
+        raise OutputError(f"cannot write to {final.parent}: {exc.strerror or exc}") from None
+
+
+def _move_into_place(staging: Path, final: Path, force: bool) -> None:
+    if not final.exists():
+        try:
+            os.rename(staging, final)  # fails if another export finished first: never a mixed artifact
+            return
+        except OSError:
+            if not force:
+                raise OutputError(f"{final} appeared while exporting (another export?); pass --force to replace it")\
+                    from None
+    if not force:
+        raise OutputError(f"{final} already exists; pass --force to replace it")
+    retired = Path(tempfile.mkdtemp(prefix=f".{final.name}.replaced-", dir=final.parent))
+    os.rename(final, retired / final.name)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        os.rename(retired / final.name, final)  # put the old artifact back
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_output(final: Path, force: bool) -> Iterator[Path]:
+    """Yield a staging directory; on normal exit it replaces ``final``, on any exception it is removed."""
+    check_destination(final, force)
+    staging = _make_staging(final)
+    try:
+        yield staging
+        _move_into_place(staging, final, force)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

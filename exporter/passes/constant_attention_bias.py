@@ -1,0 +1,35 @@
+"""Gather the attention bias once, at export time, into a constant."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from exporter.models.efficientformer import Attention
+from exporter.passes.base import ModelPass, PassResult
+
+
+class ConstantAttentionBias(ModelPass):
+    """The relative-position bias table and its index become one constant (heads, N, N).
+
+    Before::                                         After::
+
+        attention_biases (8, 49) --Gather--+             attention_bias (8, 49, 49) const --+
+        attention_bias_idxs (49, 49) ------+-> bias                                         +-> bias
+        q @ k^T * scale + bias                           q @ k^T * scale + bias
+
+    The parameter is removed, so no stale copy can outlive it; the exported graph has no Gather.
+    """
+
+    name = "constant-attention-bias"
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> PassResult:
+        folded = 0
+        for module in model.modules():
+            if isinstance(module, Attention) and module.attention_bias is None:
+                constant = module.bias().detach().clone()
+                del module.attention_biases
+                module.attention_bias = constant
+                folded += 1
+        return PassResult(changed=folded > 0, rewrites=folded)

@@ -1,0 +1,156 @@
+"""The staged export pipeline: load -> fold -> capture -> export -> validate -> benchmark -> package.
+
+Data flows one way: each stage takes the previous stages' typed results and returns its own. Everything
+is written into a staging directory that becomes the artifact only after the package stage has verified
+it; any failure leaves nothing behind but the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from exporter.errors import EfexportError, ParityError
+from exporter.manifest import MANIFEST_SCHEMA, REFERENCE_FILE, file_table, metadata_entries, tool_versions, \
+    write_manifest
+from exporter.output import check_destination, staged_output
+from exporter.preprocessing import IMAGENET
+from exporter.recipes import Recipe
+from exporter.stages.capture import capture
+from exporter.stages.fold import fold_model
+from exporter.stages.load import LoadedModel, load_model
+from exporter.targets.onnx import MODEL_FILE, OnnxRunner, export_onnx, set_metadata
+from exporter.verify import verify_artifact
+from validate.latency import LatencyReport, LatencyStats, host_fingerprint, time_calls
+from validate.parity import compare_outputs
+from validate.reference import build_reference_set
+
+FOLD_PROBE_INPUTS = 2  # reference inputs each fold pass is checked on
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    variant: str | None
+    weights: Path | None
+    seed: int
+    out_dir: Path
+    recipe: Recipe
+    recipe_source: str
+    force: bool = False
+
+
+@dataclass
+class ExportResult:
+    artifact: Path
+    manifest: dict
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class StageReporter:
+    """Shows each stage on the console (stderr) and records its wall time."""
+
+    def __init__(self, console: Console | None) -> None:
+        self.console = console
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str, what: str) -> Iterator[None]:
+        start = time.perf_counter()
+        status = self.console.status(f"[bold]{name}[/]: {what}") if self.console else contextlib.nullcontext()
+        try:
+            with status:
+                yield
+        except EfexportError as exc:
+            exc.stage = name  # type: ignore[attr-defined]
+            raise
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        if self.console:
+            self.console.print(f"[green]ok[/] {name:<10} {what} ({self.seconds[name]:.1f}s)")
+
+    def note(self, message: str) -> None:
+        if self.console:
+            self.console.print(message)
+
+
+def artifact_dir(out_dir: Path, variant: str, target: str, precision: str) -> Path:
+    return out_dir / f"efficientformer-{variant}" / f"{target}-{precision}"
+
+
+def _benchmark(runner: OnnxRunner, recipe: Recipe, example) -> LatencyReport:
+    settings = recipe.latency
+    batch = settings.batch_size if runner.static_batch is None else runner.static_batch
+    inputs = example[:1].repeat(batch, axis=0)
+    samples = time_calls(lambda: runner(inputs), settings.warmup_runs, settings.timed_runs)
+    return LatencyReport(
+        backend=runner.backend, runtime_version=runner.runtime_version, measured="host_end_to_end",
+        precision=recipe.precision, batch_size=batch, threads=runner.threads, warmup_runs=settings.warmup_runs,
+        timed_runs=settings.timed_runs, stats_ms=LatencyStats.from_samples(samples), device=host_fingerprint(),
+    )
+
+
+def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
+    recipe = request.recipe
+    with reporter.stage("load", "reading weights"):
+        loaded: LoadedModel = load_model(request.weights, request.variant, request.seed)
+    if loaded.is_random:
+        reporter.note(f"[yellow]warning:[/] no --weights: EfficientFormer-{loaded.variant} is randomly initialised "
+                      f"(seed {request.seed}); the artifact is marked random-init and is not for deployment")
+    final = artifact_dir(request.out_dir, loaded.variant, recipe.target, recipe.precision)
+    check_destination(final, request.force)
+    model_cfg = loaded.model.cfg
+    image_size = recipe.export.image_size
+
+    with reporter.stage("reference", "PyTorch outputs on the reference inputs"):
+        reference = build_reference_set(loaded.model, recipe.parity.seed, recipe.parity.noise_inputs,
+                                        recipe.parity.image_inputs, image_size)
+    with reporter.stage("fold", ", ".join(recipe.fold.passes) or "no passes"):
+        folded = fold_model(loaded.model, list(recipe.fold.passes), reference.inputs[:FOLD_PROBE_INPUTS],
+                            max_abs=recipe.tolerances().max_abs)
+    with reporter.stage("capture", "tracing the folded model"):
+        captured = capture(folded.model, image_size, model_cfg.num_classes, recipe.export.dynamic_batch)
+
+    with staged_output(final, request.force) as staging:
+        with reporter.stage("export", f"ONNX opset {recipe.export.opset}, {recipe.export.simplifier}"):
+            exported = export_onnx(captured, staging / MODEL_FILE, recipe.export.opset, recipe.export.simplifier)
+            reference.save(staging / REFERENCE_FILE)
+        with reporter.stage("validate", f"ONNX Runtime vs PyTorch on {len(reference.inputs)} inputs"):
+            runner = OnnxRunner(exported.path, recipe.latency.threads)
+            parity = compare_outputs(runner(reference.inputs), reference.outputs, reference.kinds,
+                                     recipe.tolerances())
+            if not parity.passed:
+                raise ParityError("parity gate failed: " + "; ".join(parity.failures[:5]))
+        with reporter.stage("benchmark", f"{recipe.latency.timed_runs} timed runs"):
+            latency = _benchmark(runner, recipe, reference.inputs)
+        with reporter.stage("package", "manifest, metadata, verification"):
+            manifest = {
+                "schema": MANIFEST_SCHEMA,
+                "model": {"family": "EfficientFormer", "version": "v1", "variant": loaded.variant,
+                          "parameters": sum(p.numel() for p in loaded.model.parameters()),
+                          "published": {"params_m": model_cfg.published_params_m,
+                                        "gmacs": model_cfg.published_gmacs, "note": "published, not measured"}},
+                "weights": loaded.weights,
+                "preprocessing": replace(IMAGENET, input_size=image_size).describe(),
+                "inputs": [spec.describe() for spec in captured.inputs],
+                "outputs": [spec.describe() for spec in captured.outputs],
+                "target": {"format": "onnx", "model_file": MODEL_FILE, "precision": recipe.precision,
+                           "opset": exported.opset, "simplifier": exported.simplifier,
+                           "dynamic_batch": recipe.export.dynamic_batch, "op_counts": exported.op_counts},
+                "fold": folded.report(),
+                "parity": parity.to_dict() | {"reference_file": REFERENCE_FILE,
+                                              "compared_against": "unfolded PyTorch model (eval, float32)"},
+                "latency": [latency.to_dict()],
+                "versions": tool_versions(),
+                "recipe": {"source": request.recipe_source, "values": recipe.model_dump()},
+            }
+            set_metadata(exported.path, metadata_entries(manifest))
+            manifest["files"] = file_table(staging)
+            write_manifest(staging, manifest)
+            check = verify_artifact(staging, recipe.latency.threads)
+            if not check.passed:
+                raise ParityError("the packaged artifact failed its own verification: " + "; ".join(check.problems))
+    return ExportResult(final, manifest, reporter.seconds)

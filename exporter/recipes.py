@@ -1,0 +1,135 @@
+"""Recipes: per-platform defaults as TOML files in ``recipes/``, validated against a typed schema.
+
+Every key is checked: an unknown key, a wrong type or an out-of-range value is a RecipeError naming the
+key. Command-line flags override recipe values through ``apply_overrides`` and are validated the same way.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from exporter.errors import RecipeError
+from exporter.models.efficientformer import final_token_grid
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+SUPPORTED_OPSETS = (14, 20)  # LayerNormalization is native from 17; below it is decomposed
+PASS_NAMES = ("fuse-conv-bn", "constant-attention-bias")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ExportSection(_Section):
+    opset: int = Field(17, ge=SUPPORTED_OPSETS[0], le=SUPPORTED_OPSETS[1], description="ONNX opset")
+    simplifier: Literal["onnxsim", "onnxslim", "none"] = Field("onnxsim", description="graph simplifier")
+    dynamic_batch: bool = Field(False, description="dynamic batch axis instead of a static batch of 1")
+    image_size: int = Field(224, description="input height and width; must give a 7x7 last-stage grid")
+
+    @field_validator("image_size")
+    @classmethod
+    def _seven_by_seven(cls, value: int) -> int:
+        if value < 1 or final_token_grid(value) != 7:
+            raise ValueError(
+                f"image size {value} is not supported: the attention bias is built for a 7x7 token grid, "
+                "which a 224x224 input gives (sizes 193-224 also reach 7x7; others would need new biases)"
+            )
+        return value
+
+
+class FoldSection(_Section):
+    passes: list[Literal[PASS_NAMES]] = Field(list(PASS_NAMES), description="fold passes, in order")  # type: ignore[valid-type]
+
+
+class Tolerances(_Section):
+    max_abs: float = Field(gt=0, description="largest allowed |exported - pytorch| over all logits")
+    min_cosine: float = Field(gt=0, le=1, description="smallest allowed cosine similarity per input")
+    top1_agreement: bool = Field(True, description="the top-1 class must agree on every input")
+
+
+class ParitySection(_Section):
+    seed: int = Field(0, ge=0, description="seed of the reference inputs")
+    noise_inputs: int = Field(4, ge=0, le=64, description="standard-normal inputs")
+    image_inputs: int = Field(4, ge=0, le=64, description="smooth image-like inputs, ImageNet-normalised")
+    tolerances: dict[Literal["fp32", "fp16"], Tolerances] = Field(description="gates per precision")
+
+    @field_validator("image_inputs")
+    @classmethod
+    def _some_inputs(cls, value: int, info: Any) -> int:
+        if value + info.data.get("noise_inputs", 1) < 1:
+            raise ValueError("parity needs at least one input (noise_inputs + image_inputs >= 1)")
+        return value
+
+
+class LatencySection(_Section):
+    warmup_runs: int = Field(10, ge=1, le=10_000)
+    timed_runs: int = Field(50, ge=20, le=100_000, description="at least 20 timed runs")
+    threads: int = Field(2, ge=1, le=256, description="intra-op threads of the runtime")
+    batch_size: int = Field(1, ge=1, le=1024, description="batch of the timed runs (dynamic-batch exports)")
+
+
+class Recipe(_Section):
+    target: Literal["onnx"]
+    precision: Literal["fp32"] = "fp32"
+    export: ExportSection = ExportSection()
+    fold: FoldSection = FoldSection()
+    parity: ParitySection
+    latency: LatencySection = LatencySection()
+
+    def tolerances(self) -> Tolerances:
+        try:
+            return self.parity.tolerances[self.precision]
+        except KeyError:
+            raise RecipeError(f"recipe has no parity.tolerances.{self.precision} for its precision") from None
+
+
+def _describe(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{key}: {message}")
+    return f"{origin}: " + "; ".join(lines)
+
+
+def parse_recipe(data: dict, origin: str) -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_describe(exc, origin)) from None
+
+
+def load_recipe(path: Path) -> tuple[Recipe, dict]:
+    """The validated recipe and the raw table it came from."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"recipe {path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"recipe {path}: not valid TOML: {exc}") from None
+    return parse_recipe(data, f"recipe {path}"), data
+
+
+def default_recipe_path(target: str) -> Path:
+    return RECIPES_DIR / f"{target}.toml"
+
+
+def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
+    """``{"export.opset": 18}`` -> a new, re-validated recipe. None values are flags not given."""
+    data = recipe.model_dump()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        table = data
+        for part in parents:
+            table = table[part]
+        table[leaf] = value
+    return parse_recipe(data, "command-line options")

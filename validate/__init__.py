@@ -1,0 +1,1 @@
+"""Validation: reference inputs, numerical parity against PyTorch, and latency measurement."""
