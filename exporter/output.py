@@ -34,8 +34,6 @@ def _make_staging(final: Path) -> Path:
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the artifact's mode
     return staging
-    except OSError as exc:
-        raise OutputError(f"cannot write to {final.parent}: {exc.strerror or exc}") from None
 
 
 def _move_into_place(staging: Path, final: Path, force: bool) -> None:

@@ -16,8 +16,14 @@ from pathlib import Path
 from rich.console import Console
 
 from exporter.errors import EfexportError, ParityError
-from exporter.manifest import MANIFEST_SCHEMA, REFERENCE_FILE, file_table, metadata_entries, tool_versions, \
-    write_manifest
+from exporter.manifest import (
+    MANIFEST_SCHEMA,
+    REFERENCE_FILE,
+    file_table,
+    metadata_entries,
+    tool_versions,
+    write_manifest,
+)
 from exporter.output import check_destination, staged_output
 from exporter.preprocessing import IMAGENET
 from exporter.recipes import Recipe

@@ -6,10 +6,10 @@ key. Command-line flags override recipe values through ``apply_overrides`` and a
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from exporter.errors import RecipeError

@@ -42,7 +42,7 @@ class Attention(nn.Module):
         self.register_buffer("attention_bias_idxs", torch.LongTensor(idxs).view(len(points), len(points)))
 
     def forward(self, x):
-        B, N, C = x.shape
+        B, N, _C = x.shape
         qkv = self.qkv(x)
         q, k, v = qkv.reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3).split(
             [self.key_dim, self.key_dim, self.d], dim=3)
