@@ -8,6 +8,7 @@ it; any failure leaves nothing behind but the error.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -153,6 +154,7 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
                 "versions": tool_versions(),
                 "recipe": {"source": request.recipe_source, "values": recipe.model_dump()},
             }
+            manifest = json.loads(json.dumps(manifest))  # plain JSON types, as readers will see it
             set_metadata(exported.path, metadata_entries(manifest))
             manifest["files"] = file_table(staging)
             write_manifest(staging, manifest)

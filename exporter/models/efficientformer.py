@@ -165,7 +165,8 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, num_heads * (2 * key_dim + self.val_dim))
         self.proj = nn.Linear(num_heads * self.val_dim, dim)
         idxs = attention_bias_indices(resolution)
-        self.attention_biases = nn.Parameter(torch.zeros(num_heads, int(idxs.max()) + 1))
+        num_offsets = resolution * resolution  # distinct (|dy|, |dx|) pairs
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, num_offsets))
         self.register_buffer("attention_bias_idxs", idxs, persistent=False)
         self.register_buffer("attention_bias", None)
 
