@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from exporter.errors import EfexportError, ExitCode
@@ -77,7 +78,7 @@ def _stderr(quiet: bool) -> Console | None:
 def _fail(exc: EfexportError, as_json: bool) -> typer.Exit:
     stage = getattr(exc, "stage", None)
     where = f"[{stage}] " if stage else ""
-    Console(stderr=True).print(f"[bold red]error:[/] {where}{exc}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(where + str(exc))}", highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps({"status": "error", "stage": stage, "error": str(exc), "exit_code": int(exc.exit_code)}))
     return typer.Exit(int(exc.exit_code))
@@ -189,7 +190,7 @@ def verify_command(
                           f"max abs {parity.max_abs:.2e}, min cosine {parity.min_cosine:.7f}")
         else:
             for problem in report.problems:
-                console.print(f"[bold red]verify failed:[/] {problem}", highlight=False)
+                console.print(f"[bold red]verify failed:[/] {escape(problem)}", highlight=False)
     if not report.passed:
         raise typer.Exit(int(ExitCode.VERIFY_FAILED))
 

@@ -117,7 +117,7 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
                                         recipe.parity.image_inputs, image_size)
     with reporter.stage("fold", ", ".join(recipe.fold.passes) or "no passes"):
         folded = fold_model(loaded.model, list(recipe.fold.passes), reference.inputs[:FOLD_PROBE_INPUTS],
-                            max_abs=recipe.tolerances().max_abs)
+                            max_abs=recipe.fold.max_abs)
     with reporter.stage("capture", "tracing the folded model"):
         captured = capture(folded.model, image_size, model_cfg.num_classes, recipe.export.dynamic_batch)
 

@@ -43,6 +43,7 @@ class ExportSection(_Section):
 
 class FoldSection(_Section):
     passes: list[Literal[PASS_NAMES]] = Field(list(PASS_NAMES), description="fold passes, in order")  # type: ignore[valid-type]
+    max_abs: float = Field(1e-4, gt=0, description="largest drift of the logits any one pass may cause")
 
 
 class Tolerances(_Section):

@@ -1,0 +1,40 @@
+# efexport: make onnx VARIANT=l3 | make test | make lint
+# The virtual environment is created on first use; torch is the 2.13.0 CPU build (constraints.txt).
+
+VARIANT ?= l1
+OUT ?= artifacts
+ARGS ?=
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup onnx test test-fast lint clean help
+
+help:
+	@echo "make onnx VARIANT=l1|l3|l7 [ARGS='--weights ckpt.pth']  export to ONNX into $(OUT)/"
+	@echo "make test                                               run the test suite"
+	@echo "make lint                                               ruff"
+	@echo "make setup                                              create $(VENV) and install"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,onnxslim]'
+	touch $(STAMP)
+
+onnx: $(STAMP)
+	$(BIN)/efexport onnx --variant $(VARIANT) --out $(OUT) --force $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --durations=15
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+	find $(OUT) -mindepth 1 ! -name README.md -exec rm -rf {} +
