@@ -75,7 +75,7 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
 
 def test_override_errors_name_the_key() -> None:
     recipe, _ = load_recipe(default_recipe_path("onnx"))
-    with pytest.raises(RecipeError, match="export.opset"):
+    with pytest.raises(RecipeError, match=r"export\.opset"):
         apply_overrides(recipe, {"export.opset": 5})
     with pytest.raises(RecipeError, match="7x7 token grid"):
         apply_overrides(recipe, {"export.image_size": 320})
@@ -84,5 +84,5 @@ def test_override_errors_name_the_key() -> None:
 def test_recipe_without_tolerances_for_its_precision(tmp_path: Path) -> None:
     text = shipped_text().replace("[parity.tolerances.fp32]", "[parity.tolerances.fp16]")
     recipe, _ = load_recipe(write(tmp_path, text))
-    with pytest.raises(RecipeError, match="parity.tolerances.fp32"):
+    with pytest.raises(RecipeError, match=r"parity\.tolerances\.fp32"):
         recipe.tolerances()
