@@ -2,12 +2,13 @@
 
 Console output (progress, warnings, errors) goes to stderr; ``--json`` prints one JSON document on stdout.
 Exit codes: see ``exporter.errors.ExitCode`` (0 ok, 2 usage, 3 bad input, 4 output, 5 parity, 6 verify,
-130 interrupted, 1 internal error).
+7 stage failed, 130 interrupted, 1 internal error).
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -22,7 +23,8 @@ from exporter.errors import EfexportError, ExitCode
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 2 usage, 3 bad input (checkpoint, recipe, option values), 4 output exists or is not "
-    "writable, 5 parity gate failed, 6 verification failed, 130 interrupted, 1 internal error."
+    "writable, 5 parity gate failed, 6 verification failed, 7 a wrapped tool failed in a stage, "
+    "130 interrupted, 1 internal error."
 )
 
 app = typer.Typer(
@@ -76,7 +78,7 @@ def _stderr(quiet: bool) -> Console | None:
 
 
 def _fail(exc: EfexportError, as_json: bool) -> typer.Exit:
-    stage = getattr(exc, "stage", None)
+    stage = exc.stage
     where = f"[{stage}] " if stage else ""
     Console(stderr=True).print(f"[bold red]error:[/] {escape(where + str(exc))}", highlight=False, soft_wrap=True)
     if as_json:
@@ -213,7 +215,12 @@ def variants_command(as_json: JsonOpt = False) -> None:
     Console().print(table)
 
 
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C, so staging directories are removed on the way out
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         app()
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     OUTPUT_ERROR = 4  # output exists (without --force) or cannot be written
     PARITY_FAILED = 5  # the exported model does not compute what PyTorch computes
     VERIFY_FAILED = 6  # a saved artifact does not match its manifest
+    STAGE_FAILED = 7  # a tool a stage wraps failed (exporter, simplifier, runtime)
     INTERRUPTED = 130
 
 
@@ -23,6 +24,7 @@ class EfexportError(Exception):
     """Base class: a message for the user and the process exit code."""
 
     exit_code: ExitCode = ExitCode.INTERNAL_ERROR
+    stage: str | None = None  # set by the pipeline to the stage that raised it
 
 
 class UsageError(EfexportError):
@@ -51,3 +53,7 @@ class ParityError(EfexportError):
 
 class VerifyError(EfexportError):
     exit_code = ExitCode.VERIFY_FAILED
+
+
+class StageError(EfexportError):
+    exit_code = ExitCode.STAGE_FAILED

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from exporter.errors import EfexportError, ParityError
+from exporter.errors import EfexportError, ParityError, StageError
 from exporter.manifest import (
     MANIFEST_SCHEMA,
     REFERENCE_FILE,
@@ -73,8 +73,14 @@ class StageReporter:
             with status:
                 yield
         except EfexportError as exc:
-            exc.stage = name  # type: ignore[attr-defined]
+            exc.stage = name
             raise
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a wrapped tool failed: say which stage and why, keep the traceback as cause
+            error = StageError(f"{type(exc).__name__}: {exc}")
+            error.stage = name
+            raise error from exc
         self.seconds[name] = round(time.perf_counter() - start, 3)
         if self.console:
             self.console.print(f"[green]ok[/] {name:<10} {what} ({self.seconds[name]:.1f}s)")
