@@ -133,3 +133,10 @@ def test_failed_parity_gate_leaves_nothing(tmp_path: Path, fast_recipe: Recipe) 
         export(strict, tmp_path, **{"fold.passes": []})
     assert list(tmp_path.iterdir()) == [tmp_path / "efficientformer-l1"]
     assert list((tmp_path / "efficientformer-l1").iterdir()) == []
+
+
+@pytest.mark.parametrize("simplifier", ["onnxslim", "none"])
+def test_other_simplifiers_export_passing_models(tmp_path: Path, fast_recipe: Recipe, simplifier: str) -> None:
+    manifest = export(fast_recipe, tmp_path, **{"export.simplifier": simplifier, "parity.noise_inputs": 1,
+                                                "parity.image_inputs": 1})
+    assert manifest["target"]["simplifier"] == simplifier and manifest["parity"]["passed"]
