@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,15 @@ class Checkpoint:
                 "format": self.file_format, "layout": self.layout}
 
 
+def _unpickling_reason(exc: Exception) -> str:
+    """The reason in torch's UnpicklingError, without its advice to retry with weights_only=False."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0] if lines else "invalid pickle data"
+
+
 def _torch_load(path: Path) -> object:
     try:
         with torch.serialization.safe_globals(_INERT_GLOBALS):
@@ -61,7 +71,7 @@ def _torch_load(path: Path) -> object:
                 "which loading would have to execute. efexport never unpickles code; re-save the weights "
                 "alone (torch.save(ckpt['model'], ...)) or as .safetensors"
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({exc})") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_unpickling_reason(exc)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {first_line}") \
@@ -87,7 +97,20 @@ def extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
             f"{path}: no state dict found: expected a dict of tensors, bare or under one of "
             f"{', '.join(STATE_DICT_ENTRIES)}; found {shown}"
         )
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return _renamed(state, lambda k: k.removeprefix("module."), path)
+
+
+def _renamed(state: dict[str, torch.Tensor], rename: Callable[[str], str], path: Path) -> dict[str, torch.Tensor]:
+    """Rename every key, refusing two keys that would land on one name (one would silently win)."""
+    renamed: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in state.items():
+        new = rename(key)
+        if new in renamed:
+            raise CheckpointError(f"{path}: keys {origin[new]!r} and {key!r} both mean {new!r}; "
+                                  "the checkpoint mixes layouts or prefixes")
+        renamed[new], origin[new] = value, key
+    return renamed
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
@@ -121,8 +144,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
             f"{path}: not an EfficientFormer checkpoint: none of the upstream (patch_embed.*, network.*) or "
             f"timm (stem.*, stages.*) keys are there; first keys: {', '.join(keys[:_MAX_LISTED])}"
         )
-    mapper = KEY_MAPPERS[layout]
-    native = {mapper(k): v for k, v in state.items()}
+    native = _renamed(state, KEY_MAPPERS[layout], path)
     return Checkpoint(path, sha256_of(path), file_format, layout, native)
 
 
