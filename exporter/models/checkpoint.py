@@ -62,9 +62,11 @@ def _torch_load(path: Path) -> object:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except Exception:
-            unsafe = []
+            found = []
+        allowed = {f"{cls.__module__}.{cls.__qualname__}" for cls in _INERT_GLOBALS}
+        unsafe = [name for name in found if name not in allowed]
         if unsafe:
             raise CheckpointError(
                 f"{path}: refused to load: the checkpoint's pickle references {', '.join(unsafe[:_MAX_LISTED])}, "
