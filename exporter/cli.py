@@ -8,7 +8,6 @@ Exit codes: see ``exporter.errors.ExitCode`` (0 ok, 2 usage, 3 bad input, 4 outp
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from exporter import interrupts
 from exporter.errors import EfexportError, ExitCode
 
 EXIT_CODES_HELP = (
@@ -69,6 +69,12 @@ RecipeOpt = Annotated[
                  show_default=False),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing artifact (atomically).")]
+NoPassOpt = Annotated[
+    list[str] | None,
+    typer.Option("--no-pass", help="Switch a fold pass off (repeatable), for diagnosis. Passes: "
+                                   "fuse-conv-bn, fold-layer-scale, blend-pool-mixer, constant-attention-bias, "
+                                   "fold-attention-scale, merge-heads.", show_default=False),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on the console.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
 
@@ -96,6 +102,42 @@ def _run_guarded(as_json: bool, work: Any) -> Any:
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
 
+def _passes_without(recipe: Any, no_pass: list[str] | None) -> list[str] | None:
+    """The recipe's pass list minus ``--no-pass`` names (None when no flag was given)."""
+    if not no_pass:
+        return None
+    from exporter.errors import RecipeError
+    from exporter.passes import ALL_PASSES
+
+    unknown = [name for name in no_pass if name not in ALL_PASSES]
+    if unknown:
+        raise RecipeError(f"--no-pass {unknown[0]}: no such pass; passes are {', '.join(ALL_PASSES)}")
+    return [name for name in recipe.fold.passes if name not in no_pass]
+
+
+def _load_target_recipe(target: str, recipe_path: Path | None, overrides: dict[str, Any]) -> tuple[Any, Path]:
+    from exporter.errors import RecipeError
+    from exporter.recipes import apply_overrides, default_recipe_path, load_recipe
+
+    path = recipe_path or default_recipe_path(target)
+    loaded, _ = load_recipe(path)
+    if loaded.target != target:
+        raise RecipeError(f"recipe {path} is for target {loaded.target!r}, not {target!r}")
+    return apply_overrides(loaded, overrides), path
+
+
+def _fold_table(report: dict, title: str) -> Table:
+    table = Table("pass", "changed", "rewrites", "stored values", "ops", "max abs error", title=title,
+                  title_justify="left")
+    for r in report["passes"]:
+        table.add_row(r["name"], "yes" if r["changed"] else "no", str(r["rewrites"]),
+                      f"{r['stored_values_before']:,} -> {r['stored_values_after']:,}",
+                      f"{r['ops_before']} -> {r['ops_after']}", f"{r['max_abs_error']:.2e}")
+    table.caption = (f"float32 noise floor on these weights (same model, other batch split): "
+                     f"{report['float32_noise_floor']:.2e}")
+    return table
+
+
 def _summary_table(result: Any) -> Table:
     manifest = result.manifest
     parity, latency = manifest["parity"], manifest["latency"][0]
@@ -109,6 +151,10 @@ def _summary_table(result: Any) -> Table:
     stats = latency["stats_ms"]
     table.add_row("latency", f"p50 {stats['p50']:.2f} ms, p90 {stats['p90']:.2f} ms, p99 {stats['p99']:.2f} ms "
                              f"({latency['backend']}, batch {latency['batch_size']}, {latency['threads']} threads)")
+    fold = manifest["fold"]
+    table.add_row("fold", f"{len(fold['passes'])} passes, {sum(fold['op_counts_before'].values())} -> "
+                          f"{sum(fold['op_counts_after'].values())} traced ops, max abs error "
+                          f"{max((r['max_abs_error'] for r in fold['passes']), default=0.0):.2e}")
     table.add_row("nodes", ", ".join(f"{op} {n}" for op, n in manifest["target"]["op_counts"].items()))
     return table
 
@@ -131,6 +177,7 @@ def onnx_command(
     image_size: Annotated[int | None, typer.Option("--image-size", help="Input height and width; the attention "
                                                    "bias allows only a 7x7 token grid (224).",
                                                    show_default=False)] = None,
+    no_pass: NoPassOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -140,19 +187,14 @@ def onnx_command(
     Writes OUT/efficientformer-VARIANT/onnx-fp32/ with model.onnx, manifest.json and reference_io.npz.
     """
     from exporter.pipeline import ExportRequest, StageReporter, run_export
-    from exporter.recipes import apply_overrides, default_recipe_path, load_recipe
+    from exporter.recipes import apply_overrides
 
     def work() -> Any:
-        recipe_path = recipe or default_recipe_path("onnx")
-        loaded_recipe, _ = load_recipe(recipe_path)
-        if loaded_recipe.target != "onnx":
-            from exporter.errors import RecipeError
-
-            raise RecipeError(f"recipe {recipe_path} is for target {loaded_recipe.target!r}, not 'onnx'")
-        final_recipe = apply_overrides(loaded_recipe, {
+        final_recipe, recipe_path = _load_target_recipe("onnx", recipe, {
             "export.opset": opset, "export.dynamic_batch": dynamic_batch,
             "export.simplifier": simplifier.value if simplifier else None, "export.image_size": image_size,
         })
+        final_recipe = apply_overrides(final_recipe, {"fold.passes": _passes_without(final_recipe, no_pass)})
         request = ExportRequest(variant=variant.value if variant else None, weights=weights, seed=seed,
                                 out_dir=out, recipe=final_recipe, recipe_source=str(recipe_path), force=force)
         console = _stderr(quiet)
@@ -169,6 +211,40 @@ def onnx_command(
                               "passed", "max_abs", "mean_abs", "max_rel", "min_cosine", "top1_agreement",
                               "mean_top5_overlap")},
                           "latency": manifest["latency"], "stage_seconds": result.stage_seconds}, indent=2))
+
+
+@app.command("fold")
+def fold_command(
+    variant: VariantOpt = None,
+    weights: WeightsOpt = None,
+    seed: SeedOpt = 0,
+    recipe: RecipeOpt = None,
+    no_pass: NoPassOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the fold passes alone and report each: changed or not, stored values and ops before/after, and its
+    parity error against the unfolded model. Writes nothing.
+    """
+    from exporter.recipes import apply_overrides
+    from exporter.stages.fold import fold_model
+    from exporter.stages.load import load_model
+    from validate.reference import make_reference_inputs
+
+    def work() -> dict:
+        final_recipe, _ = _load_target_recipe("onnx", recipe, {})
+        final_recipe = apply_overrides(final_recipe, {"fold.passes": _passes_without(final_recipe, no_pass)})
+        loaded = load_model(weights, variant.value if variant else None, seed)
+        probe, _ = make_reference_inputs(final_recipe.parity.seed, 2, 2, final_recipe.export.image_size)
+        folded = fold_model(loaded.model, list(final_recipe.fold.passes), probe, final_recipe.fold.max_abs)
+        return {"variant": loaded.variant, "weights": loaded.weights, "max_abs_allowed": final_recipe.fold.max_abs}\
+            | folded.report()
+
+    report = _run_guarded(as_json, work)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    elif not quiet:
+        Console().print(_fold_table(report, f"EfficientFormer-{report['variant']} fold passes"))
 
 
 @app.command("verify")
@@ -215,12 +291,8 @@ def variants_command(as_json: JsonOpt = False) -> None:
     Console().print(table)
 
 
-def _interrupt_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # unwinds like Ctrl-C, so staging directories are removed on the way out
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    interrupts.install()  # SIGTERM unwinds like Ctrl-C, so staging directories are removed on the way out
     try:
         app()
     except KeyboardInterrupt:

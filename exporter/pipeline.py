@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from exporter import interrupts
 from exporter.errors import EfexportError, ParityError, StageError
 from exporter.manifest import (
     MANIFEST_SCHEMA,
@@ -67,6 +68,7 @@ class StageReporter:
 
     @contextlib.contextmanager
     def stage(self, name: str, what: str) -> Iterator[None]:
+        interrupts.raise_if_interrupted()
         start = time.perf_counter()
         status = self.console.status(f"[bold]{name}[/]: {what}") if self.console else contextlib.nullcontext()
         try:
@@ -81,6 +83,7 @@ class StageReporter:
             error = StageError(f"{type(exc).__name__}: {exc}")
             error.stage = name
             raise error from exc
+        interrupts.raise_if_interrupted()
         self.seconds[name] = round(time.perf_counter() - start, 3)
         if self.console:
             self.console.print(f"[green]ok[/] {name:<10} {what} ({self.seconds[name]:.1f}s)")
@@ -153,7 +156,7 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
                 "target": {"format": "onnx", "model_file": MODEL_FILE, "precision": recipe.precision,
                            "opset": exported.opset, "simplifier": exported.simplifier,
                            "dynamic_batch": recipe.export.dynamic_batch, "op_counts": exported.op_counts},
-                "fold": folded.report(),
+                "fold": folded.report() | {"max_abs_allowed": recipe.fold.max_abs},
                 "parity": parity.to_dict() | {"reference_file": REFERENCE_FILE,
                                               "compared_against": "unfolded PyTorch model (eval, float32)"},
                 "latency": [latency.to_dict()],

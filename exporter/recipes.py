@@ -14,10 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from exporter.errors import RecipeError
 from exporter.models.efficientformer import final_token_grid
+from exporter.passes import ALL_PASSES
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 SUPPORTED_OPSETS = (14, 20)  # LayerNormalization is native from 17; below it is decomposed
-PASS_NAMES = ("fuse-conv-bn", "constant-attention-bias")
+PASS_NAMES = tuple(ALL_PASSES)
 
 
 class _Section(BaseModel):

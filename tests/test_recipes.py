@@ -53,7 +53,7 @@ def test_overrides_replace_values_and_keep_the_rest() -> None:
         (("threads = 2", "threads = 0"), "latency.threads"),
         (("batch_size = 1", "batch_size = 0"), "latency.batch_size"),
         (('target = "onnx"', 'target = "tflite"'), "target"),
-        (('passes = ["fuse-conv-bn", "constant-attention-bias"]', 'passes = ["no-such-pass"]'), "fold.passes.0"),
+        (('passes = ["fuse-conv-bn",', 'passes = ["no-such-pass",'), "fold.passes.0"),
         (("dynamic_batch = false", "dynamic_batch = 1"), "export.dynamic_batch"),
     ],
 )

@@ -162,7 +162,8 @@ class Attention(nn.Module):
         self.val_dim = key_dim * attn_ratio
         self.num_tokens = resolution * resolution
         self.scale = key_dim**-0.5
-        self.qkv = nn.Linear(dim, num_heads * (2 * key_dim + self.val_dim))
+        self.qkv_per_head = 2 * key_dim + self.val_dim
+        self.qkv = nn.Linear(dim, num_heads * self.qkv_per_head)
         self.proj = nn.Linear(num_heads * self.val_dim, dim)
         idxs = attention_bias_indices(resolution)
         num_offsets = resolution * resolution  # distinct (|dy|, |dx|) pairs
@@ -176,17 +177,20 @@ class Attention(nn.Module):
         return self.attention_biases[:, self.attention_bias_idxs]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, _ = x.shape
+        tokens = x.shape[1]
         if tokens != self.num_tokens:
             raise ValueError(
                 f"attention expects {self.num_tokens} tokens (a {int(self.num_tokens**0.5)}x"
                 f"{int(self.num_tokens**0.5)} grid, i.e. a 224x224 input), got {tokens}"
             )
-        qkv = self.qkv(x).reshape(batch, tokens, self.num_heads, -1).permute(0, 2, 1, 3)
+        # -1 for the batch: constant reshape targets, so a dynamic-batch export needs no Shape/Gather ops
+        qkv = self.qkv(x).reshape(-1, self.num_tokens, self.num_heads, self.qkv_per_head).permute(0, 2, 1, 3)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.val_dim], dim=3)
-        attn = (q @ k.transpose(-2, -1)) * self.scale + self.bias()
-        attn = attn.softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(batch, tokens, self.num_heads * self.val_dim)
+        logits = q @ k.transpose(-2, -1)
+        if self.scale != 1.0:  # 1.0 once the fold stage has moved the scale into the query weights
+            logits = logits * self.scale
+        attn = (logits + self.bias()).softmax(dim=-1)
+        x = (attn @ v).transpose(1, 2).reshape(-1, self.num_tokens, self.num_heads * self.val_dim)
         return self.proj(x)
 
 
@@ -195,13 +199,17 @@ class MetaBlock4d(nn.Module):
 
     def __init__(self, dim: int, mlp_ratio: int) -> None:
         super().__init__()
-        self.token_mixer = Pooling()
-        self.ls1 = LayerScale(dim, channels_first=True)
+        self.token_mixer: nn.Module = Pooling()
+        self.ls1: nn.Module = LayerScale(dim, channels_first=True)
         self.mlp = ConvMlp(dim, dim * mlp_ratio)
-        self.ls2 = LayerScale(dim, channels_first=True)
+        self.ls2: nn.Module = LayerScale(dim, channels_first=True)
+        self.token_mixer_includes_residual = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.token_mixer(x))
+        if self.token_mixer_includes_residual:  # set by the fold stage's pool-blend rewrite
+            x = self.token_mixer(x)
+        else:
+            x = x + self.ls1(self.token_mixer(x))
         return x + self.ls2(self.mlp(x))
 
 
@@ -259,7 +267,7 @@ class EfficientFormer(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(cfg.widths[-1])
         self.head = nn.Linear(cfg.widths[-1], cfg.num_classes)
-        self.head_dist = nn.Linear(cfg.widths[-1], cfg.num_classes)
+        self.head_dist: nn.Linear | None = nn.Linear(cfg.widths[-1], cfg.num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         side = final_token_grid(x.shape[-1])
@@ -272,6 +280,8 @@ class EfficientFormer(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = x.mean(dim=1)
+        if self.head_dist is None:  # merged into head by the fold stage: already the eval-mode average
+            return self.head(x)
         logits, logits_dist = self.head(x), self.head_dist(x)
         if self.training:
             return logits, logits_dist

@@ -1,9 +1,19 @@
 """Fold-stage passes: deploy-time rewrites of the PyTorch model, each proven by parity after it runs."""
 
 from exporter.passes.base import ModelPass, PassResult
+from exporter.passes.blend_pool_mixer import BlendPoolMixer
 from exporter.passes.constant_attention_bias import ConstantAttentionBias
+from exporter.passes.fold_attention_scale import FoldAttentionScale
+from exporter.passes.fold_layer_scale import FoldLayerScale
 from exporter.passes.fuse_conv_bn import FuseConvBatchNorm
+from exporter.passes.merge_heads import MergeHeads
 
-ALL_PASSES: dict[str, type[ModelPass]] = {p.name: p for p in (FuseConvBatchNorm, ConstantAttentionBias)}
+# In the order the default recipes run them.
+ALL_PASSES: dict[str, type[ModelPass]] = {
+    p.name: p
+    for p in (FuseConvBatchNorm, FoldLayerScale, BlendPoolMixer, ConstantAttentionBias, FoldAttentionScale,
+              MergeHeads)
+}
 
-__all__ = ["ALL_PASSES", "ConstantAttentionBias", "FuseConvBatchNorm", "ModelPass", "PassResult"]
+__all__ = ["ALL_PASSES", "BlendPoolMixer", "ConstantAttentionBias", "FoldAttentionScale", "FoldLayerScale",
+           "FuseConvBatchNorm", "MergeHeads", "ModelPass", "PassResult"]

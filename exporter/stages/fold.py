@@ -1,8 +1,15 @@
-"""Fold stage: run the recipe's passes on a copy of the model, proving parity after each one."""
+"""Fold stage: run the recipe's passes on a copy of the model, proving parity after each one.
+
+Every pass is checked against the unfolded model on the probe inputs; the float32 noise floor (the same
+unfolded model evaluated with a different batch split, i.e. only summation order changes) is measured
+alongside, so a pass's error can be read against what float32 arithmetic alone does on these weights.
+"""
 
 from __future__ import annotations
 
 import copy
+import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,16 +27,22 @@ class PassRecord:
     rewrites: int
     stored_values_before: int  # parameters and float buffers
     stored_values_after: int
-    max_abs_error: float  # against the unfolded model on the probe inputs
+    ops_before: int  # aten ops in the traced graph
+    ops_after: int
+    max_abs_error: float  # against the unfolded model on the probe inputs, float32
 
 
 @dataclass
 class FoldedModel:
     model: nn.Module
     records: list[PassRecord]
+    float32_noise_floor: float
+    op_counts_before: dict[str, int]
+    op_counts_after: dict[str, int]
 
-    def report(self) -> list[dict]:
-        return [asdict(r) for r in self.records]
+    def report(self) -> dict:
+        return {"passes": [asdict(r) for r in self.records], "float32_noise_floor": self.float32_noise_floor,
+                "op_counts_before": self.op_counts_before, "op_counts_after": self.op_counts_after}
 
 
 def count_stored_values(model: nn.Module) -> int:
@@ -38,18 +51,42 @@ def count_stored_values(model: nn.Module) -> int:
     return sum(t.numel() for t in tensors)
 
 
+def traced_op_counts(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """aten op kinds and counts of the model's TorchScript trace for ``example``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = torch.jit.trace(model, example, check_trace=False).inlined_graph
+    counts = Counter(node.kind().removeprefix("aten::") for node in graph.nodes() if node.kind().startswith("aten::"))
+    return dict(sorted(counts.items()))
+
+
+def float32_noise_floor(model: nn.Module, probe: torch.Tensor) -> float:
+    """How far float32 outputs move when only the batch split (hence summation order) changes."""
+    if len(probe) < 2:
+        return 0.0
+    together = model(probe)
+    one_by_one = torch.cat([model(probe[i:i + 1]) for i in range(len(probe))])
+    return float((together - one_by_one).abs().max())
+
+
 @torch.no_grad()
 def fold_model(model: nn.Module, pass_names: list[str], probe_inputs: np.ndarray, max_abs: float) -> FoldedModel:
     """Apply passes in order to a deep copy; a pass whose result drifts past ``max_abs`` stops the pipeline."""
     probe = torch.from_numpy(probe_inputs)
     expected = model.eval()(probe)
     folded = copy.deepcopy(model).eval()
+    example = probe[:1]
+    ops = traced_op_counts(folded, example)
+    counts_before = ops
     records = []
     for name in pass_names:
-        before = count_stored_values(folded)
+        before, ops_before = count_stored_values(folded), sum(ops.values())
         result = ALL_PASSES[name]()(folded)
         error = float((folded(probe) - expected).abs().max())
-        records.append(PassRecord(name, result.changed, result.rewrites, before, count_stored_values(folded), error))
+        if result.changed:
+            ops = traced_op_counts(folded, example)
+        records.append(PassRecord(name, result.changed, result.rewrites, before, count_stored_values(folded),
+                                  ops_before, sum(ops.values()), error))
         if not error <= max_abs:
             raise ParityError(f"fold pass {name} broke parity: max abs error {error:.3g} > {max_abs:.3g}")
-    return FoldedModel(folded, records)
+    return FoldedModel(folded, records, float32_noise_floor(model, probe), counts_before, ops)

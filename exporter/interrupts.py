@@ -1,0 +1,28 @@
+"""Ctrl-C and SIGTERM: unwind like KeyboardInterrupt, and never lose the request.
+
+Python raises KeyboardInterrupt wherever the interpreter happens to be; inside a weakref callback or a
+``__del__`` it is printed and dropped. So the handler also records the signal, and the pipeline checks the
+record at every stage boundary.
+"""
+
+from __future__ import annotations
+
+import signal
+
+_received: int | None = None
+
+
+def _handler(signum: int, frame: object) -> None:
+    global _received
+    _received = signum
+    raise KeyboardInterrupt
+
+
+def install() -> None:
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+
+
+def raise_if_interrupted() -> None:
+    if _received is not None:
+        raise KeyboardInterrupt
