@@ -16,6 +16,17 @@ from pathlib import Path
 from exporter.errors import OutputError
 
 
+def check_output_root(root: Path) -> None:
+    """Fail before any work when the output root cannot become a writable directory."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write to {root}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write to {root}: {existing} is not writable")
+
+
 def check_destination(final: Path, force: bool) -> None:
     """Refuse early, before any work, when the destination exists and --force was not given."""
     if final.exists() and not force:

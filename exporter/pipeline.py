@@ -26,7 +26,7 @@ from exporter.manifest import (
     tool_versions,
     write_manifest,
 )
-from exporter.output import check_destination, staged_output
+from exporter.output import check_destination, check_output_root, staged_output
 from exporter.preprocessing import IMAGENET
 from exporter.recipes import Recipe
 from exporter.stages.capture import capture
@@ -111,6 +111,7 @@ def _benchmark(runner: OnnxRunner, recipe: Recipe, example) -> LatencyReport:
 
 def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
     recipe = request.recipe
+    check_output_root(request.out_dir)
     with reporter.stage("load", "reading weights"):
         loaded: LoadedModel = load_model(request.weights, request.variant, request.seed)
     if loaded.is_random:

@@ -13,6 +13,7 @@ import onnx
 import torch
 
 from exporter.stages.capture import CapturedGraph
+from exporter.targets.onnx_cleanup import constants_to_initializers
 
 MODEL_FILE = "model.onnx"
 
@@ -54,6 +55,7 @@ def export_onnx(captured: CapturedGraph, path: Path, opset: int, simplifier: str
                           output_names=[logits.name], opset_version=opset, dynamic_axes=dynamic,
                           do_constant_folding=True, dynamo=False)
     model = _simplify(onnx.load_from_string(buffer.getvalue()), simplifier)
+    constants_to_initializers(model)
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return OnnxExport(path, opset, simplifier, op_counts(model))

@@ -1,0 +1,118 @@
+"""Benchmark: what the fold stage buys in the exported ONNX graph and in ONNX Runtime latency.
+
+For each variant, side by side in one run:
+  (a) plain: ``torch.onnx.export`` of the unfolded model + onnxsim, as a user would do by hand;
+  (b) ours: fold passes -> capture -> export -> onnxsim -> clean-up, as ``efexport onnx`` does.
+It reports node counts by op type and ONNX Runtime CPU latency measured interleaved (A B A B ...
+windows, medians), with the ratio b/a. A benchmark, not a test: nothing here passes or fails.
+
+    python -m validate.bench_fold --variants l1 l3 l7 --json fold-bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from exporter.passes import ALL_PASSES
+from exporter.stages.capture import capture
+from exporter.stages.fold import fold_model
+from exporter.stages.load import load_model
+from exporter.targets.onnx import OnnxRunner, export_onnx, op_counts
+from validate.latency import host_fingerprint, time_calls
+from validate.reference import make_reference_inputs
+
+
+def plain_export(model: torch.nn.Module, path: Path, opset: int) -> dict[str, int]:
+    import onnxsim
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (torch.zeros(1, 3, 224, 224),), buffer, input_names=["image"],
+                          output_names=["logits"], opset_version=opset, dynamo=False)
+    simplified, ok = onnxsim.simplify(onnx.load_from_string(buffer.getvalue()))
+    if not ok:
+        raise RuntimeError("onnxsim failed on the plain export")
+    onnx.save(simplified, path)
+    return op_counts(simplified)
+
+
+def folded_export(model: torch.nn.Module, path: Path, opset: int) -> dict[str, int]:
+    probe, _ = make_reference_inputs(0, 2, 0)
+    folded = fold_model(model, list(ALL_PASSES), probe, max_abs=1e-4)
+    return export_onnx(capture(folded.model, 224, 1000, dynamic_batch=False), path, opset, "onnxsim").op_counts
+
+
+def interleaved_latency(paths: dict[str, Path], threads: int, windows: int, runs: int) -> dict[str, dict]:
+    """Median per window for each model, windows alternating between the models."""
+    image = make_reference_inputs(1, 1, 0)[0]
+    runners = {name: OnnxRunner(path, threads) for name, path in paths.items()}
+    window_medians: dict[str, list[float]] = {name: [] for name in runners}
+    for runner in runners.values():
+        time_calls(lambda r=runner: r(image), warmup_runs=5, timed_runs=1)
+    for _ in range(windows):
+        for name, runner in runners.items():
+            samples = time_calls(lambda r=runner: r(image), warmup_runs=1, timed_runs=runs)
+            window_medians[name].append(statistics.median(samples))
+    return {name: {"median_ms": statistics.median(m), "window_medians_ms": m} for name, m in window_medians.items()}
+
+
+def bench_variant(variant: str, opset: int, threads: int, windows: int, runs: int) -> dict:
+    model = load_model(None, variant, seed=0).model
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"plain": Path(tmp) / "plain.onnx", "folded": Path(tmp) / "folded.onnx"}
+        counts = {"plain": plain_export(model, paths["plain"], opset),
+                  "folded": folded_export(model, paths["folded"], opset)}
+        latency = interleaved_latency(paths, threads, windows, runs)
+    totals = {name: sum(c.values()) for name, c in counts.items()}
+    return {
+        "variant": variant, "opset": opset, "op_counts": counts, "nodes": totals,
+        "node_reduction": 1 - totals["folded"] / totals["plain"],
+        "latency": latency, "latency_ratio_folded_over_plain":
+            latency["folded"]["median_ms"] / latency["plain"]["median_ms"],
+    }
+
+
+def _table(results: list[dict]) -> Table:
+    table = Table("variant", "nodes plain", "nodes folded", "reduction", "ORT plain ms", "ORT folded ms",
+                  "folded/plain", "ops that differ (plain -> folded)", title="fold stage: ONNX nodes and latency")
+    for r in results:
+        plain, folded = Counter(r["op_counts"]["plain"]), Counter(r["op_counts"]["folded"])
+        differ = ", ".join(f"{op} {plain[op]}->{folded[op]}" for op in sorted(set(plain) | set(folded))
+                           if plain[op] != folded[op])
+        table.add_row(r["variant"], str(r["nodes"]["plain"]), str(r["nodes"]["folded"]),
+                      f"{r['node_reduction']:.1%}", f"{r['latency']['plain']['median_ms']:.2f}",
+                      f"{r['latency']['folded']['median_ms']:.2f}", f"{r['latency_ratio_folded_over_plain']:.3f}",
+                      differ)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", default=["l1", "l3", "l7"], choices=["l1", "l3", "l7"])
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--windows", type=int, default=8, help="alternating measurement windows per model")
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per window")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    results = [bench_variant(v, args.opset, args.threads, args.windows, args.runs) for v in args.variants]
+    Console().print(_table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"device": host_fingerprint(), "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
