@@ -1,0 +1,62 @@
+"""The fold stage as a pass manager: records per pass, the parity gate after each pass, and `efexport fold`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from exporter.errors import ExitCode, ParityError
+from exporter.passes import ALL_PASSES, ModelPass, PassResult
+from exporter.stages.fold import fold_model
+from tests.helpers import realistic_model, run_cli
+from validate.reference import make_reference_inputs
+
+PROBE = make_reference_inputs(0, 1, 1)[0]
+
+
+def test_every_pass_is_recorded_with_measured_numbers() -> None:
+    model = realistic_model("l1")
+    folded = fold_model(model, list(ALL_PASSES), PROBE, max_abs=1e-4)
+    report = folded.report()
+    assert [r["name"] for r in report["passes"]] == list(ALL_PASSES)
+    assert all(r["changed"] and r["rewrites"] > 0 for r in report["passes"])
+    assert all(0 < r["max_abs_error"] <= 1e-4 for r in report["passes"])
+    assert report["passes"][-1]["ops_after"] < report["passes"][0]["ops_before"]
+    assert sum(report["op_counts_after"].values()) == report["passes"][-1]["ops_after"]
+    assert "batch_norm" in report["op_counts_before"] and "batch_norm" not in report["op_counts_after"]
+    assert report["float32_noise_floor"] > 0
+    with torch.no_grad():  # the original is untouched: folding works on a copy
+        assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+class _Breaks(ModelPass):
+    name = "breaks-parity"
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> PassResult:
+        model.head.bias.add_(1.0)
+        return PassResult(changed=True, rewrites=1)
+
+
+def test_a_pass_that_breaks_parity_stops_the_stage_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(ALL_PASSES, _Breaks.name, _Breaks)
+    with pytest.raises(ParityError, match="fold pass breaks-parity broke parity"):
+        fold_model(realistic_model("l1"), ["fuse-conv-bn", "breaks-parity", "merge-heads"], PROBE, max_abs=1e-4)
+
+
+def test_fold_command_reports_passes_and_honours_no_pass() -> None:
+    result = run_cli("fold", "--variant", "l1", "--no-pass", "merge-heads", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [r["name"] for r in report["passes"]] == [n for n in ALL_PASSES if n != "merge-heads"]
+    assert report["weights"]["source"] == "random-init" and report["max_abs_allowed"] == 1e-4
+    table = run_cli("fold", "--variant", "l1")
+    assert table.returncode == 0 and "fuse-conv-bn" in table.stdout and "noise floor" in table.stdout
+
+
+def test_unknown_pass_name_is_a_bad_input() -> None:
+    result = run_cli("fold", "--variant", "l1", "--no-pass", "fuse-everything")
+    assert result.returncode == ExitCode.BAD_INPUT and "fuse-everything" in result.stderr
