@@ -8,32 +8,24 @@ it; any failure leaves nothing behind but the error.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 
 from exporter import interrupts
 from exporter.errors import EfexportError, ParityError, StageError
-from exporter.manifest import (
-    MANIFEST_SCHEMA,
-    REFERENCE_FILE,
-    file_table,
-    metadata_entries,
-    tool_versions,
-    write_manifest,
-)
+from exporter.manifest import REFERENCE_FILE
 from exporter.output import check_destination, check_output_root, staged_output
-from exporter.preprocessing import IMAGENET
 from exporter.recipes import Recipe
 from exporter.stages.capture import capture
 from exporter.stages.fold import fold_model
-from exporter.stages.load import LoadedModel, load_model
-from exporter.targets.onnx import MODEL_FILE, OnnxRunner, export_onnx, set_metadata
-from exporter.verify import verify_artifact
+from exporter.stages.load import load_model
+from exporter.stages.package import build_manifest, package
+from exporter.targets import TARGETS, Runner
 from validate.latency import LatencyReport, LatencyStats, host_fingerprint, time_calls
 from validate.parity import compare_outputs
 from validate.reference import build_reference_set
@@ -93,15 +85,19 @@ class StageReporter:
             self.console.print(message)
 
 
+def _describe_export(recipe: Recipe) -> str:
+    return f"opset {recipe.export.opset}, {recipe.export.simplifier}"
+
+
 def artifact_dir(out_dir: Path, variant: str, target: str, precision: str) -> Path:
     return out_dir / f"efficientformer-{variant}" / f"{target}-{precision}"
 
 
-def _benchmark(runner: OnnxRunner, recipe: Recipe, example) -> LatencyReport:
+def _benchmark(runner: Runner, recipe: Recipe, inputs: np.ndarray) -> LatencyReport:
     settings = recipe.latency
     batch = settings.batch_size if runner.static_batch is None else runner.static_batch
-    inputs = example[:1].repeat(batch, axis=0)
-    samples = time_calls(lambda: runner(inputs), settings.warmup_runs, settings.timed_runs)
+    batch_inputs = inputs[:1].repeat(batch, axis=0)
+    samples = time_calls(lambda: runner(batch_inputs), settings.warmup_runs, settings.timed_runs)
     return LatencyReport(
         backend=runner.backend, runtime_version=runner.runtime_version, measured="host_end_to_end",
         precision=recipe.precision, batch_size=batch, threads=runner.threads, warmup_runs=settings.warmup_runs,
@@ -111,15 +107,15 @@ def _benchmark(runner: OnnxRunner, recipe: Recipe, example) -> LatencyReport:
 
 def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
     recipe = request.recipe
+    target = TARGETS[recipe.target]
     check_output_root(request.out_dir)
     with reporter.stage("load", "reading weights"):
-        loaded: LoadedModel = load_model(request.weights, request.variant, request.seed)
+        loaded = load_model(request.weights, request.variant, request.seed)
     if loaded.is_random:
         reporter.note(f"[yellow]warning:[/] no --weights: EfficientFormer-{loaded.variant} is randomly initialised "
                       f"(seed {request.seed}); the artifact is marked random-init and is not for deployment")
     final = artifact_dir(request.out_dir, loaded.variant, recipe.target, recipe.precision)
     check_destination(final, request.force)
-    model_cfg = loaded.model.cfg
     image_size = recipe.export.image_size
 
     with reporter.stage("reference", "PyTorch outputs on the reference inputs"):
@@ -129,14 +125,14 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
         folded = fold_model(loaded.model, list(recipe.fold.passes), reference.inputs[:FOLD_PROBE_INPUTS],
                             max_abs=recipe.fold.max_abs)
     with reporter.stage("capture", "tracing the folded model"):
-        captured = capture(folded.model, image_size, model_cfg.num_classes, recipe.export.dynamic_batch)
+        captured = capture(folded.model, image_size, loaded.model.cfg.num_classes, recipe.export.dynamic_batch)
 
     with staged_output(final, request.force) as staging:
-        with reporter.stage("export", f"ONNX opset {recipe.export.opset}, {recipe.export.simplifier}"):
-            exported = export_onnx(captured, staging / MODEL_FILE, recipe.export.opset, recipe.export.simplifier)
+        with reporter.stage("export", f"{target.name}: {_describe_export(recipe)}"):
+            exported = target.export(captured, staging, recipe)
             reference.save(staging / REFERENCE_FILE)
-        with reporter.stage("validate", f"ONNX Runtime vs PyTorch on {len(reference.inputs)} inputs"):
-            runner = OnnxRunner(exported.path, recipe.latency.threads)
+        with reporter.stage("validate", f"{target.name} vs PyTorch on {len(reference.inputs)} inputs"):
+            runner = target.open_runner(exported.path, recipe.latency.threads)
             parity = compare_outputs(runner(reference.inputs), reference.outputs, reference.kinds,
                                      recipe.tolerances())
             if not parity.passed:
@@ -144,31 +140,7 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
         with reporter.stage("benchmark", f"{recipe.latency.timed_runs} timed runs"):
             latency = _benchmark(runner, recipe, reference.inputs)
         with reporter.stage("package", "manifest, metadata, verification"):
-            manifest = {
-                "schema": MANIFEST_SCHEMA,
-                "model": {"family": "EfficientFormer", "version": "v1", "variant": loaded.variant,
-                          "parameters": sum(p.numel() for p in loaded.model.parameters()),
-                          "published": {"params_m": model_cfg.published_params_m,
-                                        "gmacs": model_cfg.published_gmacs, "note": "published, not measured"}},
-                "weights": loaded.weights,
-                "preprocessing": replace(IMAGENET, input_size=image_size).describe(),
-                "inputs": [spec.describe() for spec in captured.inputs],
-                "outputs": [spec.describe() for spec in captured.outputs],
-                "target": {"format": "onnx", "model_file": MODEL_FILE, "precision": recipe.precision,
-                           "opset": exported.opset, "simplifier": exported.simplifier,
-                           "dynamic_batch": recipe.export.dynamic_batch, "op_counts": exported.op_counts},
-                "fold": folded.report() | {"max_abs_allowed": recipe.fold.max_abs},
-                "parity": parity.to_dict() | {"reference_file": REFERENCE_FILE,
-                                              "compared_against": "unfolded PyTorch model (eval, float32)"},
-                "latency": [latency.to_dict()],
-                "versions": tool_versions(),
-                "recipe": {"source": request.recipe_source, "values": recipe.model_dump()},
-            }
-            manifest = json.loads(json.dumps(manifest))  # plain JSON types, as readers will see it
-            set_metadata(exported.path, metadata_entries(manifest))
-            manifest["files"] = file_table(staging)
-            write_manifest(staging, manifest)
-            check = verify_artifact(staging, recipe.latency.threads)
-            if not check.passed:
-                raise ParityError("the packaged artifact failed its own verification: " + "; ".join(check.problems))
+            manifest = build_manifest(loaded, folded, captured, exported, parity, [latency], recipe,
+                                      request.recipe_source)
+            manifest = package(staging, manifest, target, exported, recipe.latency.threads)
     return ExportResult(final, manifest, reporter.seconds)

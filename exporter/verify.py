@@ -8,7 +8,7 @@ from pathlib import Path
 from exporter.errors import VerifyError
 from exporter.manifest import MANIFEST_FILE, REFERENCE_FILE, file_table, read_manifest
 from exporter.recipes import Tolerances
-from exporter.targets.onnx import OnnxRunner
+from exporter.targets import TARGETS, Runner
 from validate.parity import ParityReport, compare_outputs
 from validate.reference import ReferenceSet
 
@@ -34,11 +34,11 @@ def _file_problems(directory: Path, recorded: dict) -> list[str]:
     return problems
 
 
-def _runner_for(directory: Path, manifest: dict, threads: int):
+def _runner_for(directory: Path, manifest: dict, threads: int) -> Runner:
     fmt = manifest.get("target", {}).get("format")
-    if fmt == "onnx":
-        return OnnxRunner(directory / manifest["target"]["model_file"], threads)
-    raise VerifyError(f"{directory}: no runtime on this machine for target format {fmt!r}")
+    if fmt not in TARGETS:
+        raise VerifyError(f"{directory}: no runtime on this machine for target format {fmt!r}")
+    return TARGETS[fmt].open_runner(directory / manifest["target"]["model_file"], threads)
 
 
 def verify_artifact(directory: Path, threads: int = 2) -> VerifyReport:

@@ -1,1 +1,10 @@
 """Deployment targets: each knows how to export a captured graph and how to run what it exported."""
+
+from __future__ import annotations
+
+from exporter.targets.base import ExportedModel, Runner, Target
+from exporter.targets.onnx import OnnxTarget
+
+TARGETS: dict[str, Target] = {"onnx": OnnxTarget()}
+
+__all__ = ["TARGETS", "ExportedModel", "Runner", "Target"]

@@ -12,7 +12,9 @@ import numpy as np
 import onnx
 import torch
 
+from exporter.recipes import Recipe
 from exporter.stages.capture import CapturedGraph
+from exporter.targets.base import ExportedModel
 from exporter.targets.onnx_cleanup import constants_to_initializers
 
 MODEL_FILE = "model.onnx"
@@ -99,3 +101,24 @@ class OnnxRunner:
         outputs = [self.session.run(None, {self.input_name: inputs[i:i + step]})[0]
                    for i in range(0, len(inputs), step)]
         return np.concatenate(outputs)
+
+
+class OnnxTarget:
+    """ONNX: opset and simplifier from the recipe, metadata_props, ONNX Runtime CPU for parity and latency."""
+
+    name = "onnx"
+    model_file = MODEL_FILE
+
+    def export(self, captured: CapturedGraph, staging: Path, recipe: Recipe) -> ExportedModel:
+        exported = export_onnx(captured, staging / MODEL_FILE, recipe.export.opset, recipe.export.simplifier)
+        return ExportedModel(exported.path, {
+            "format": "onnx", "model_file": MODEL_FILE, "precision": recipe.precision, "opset": exported.opset,
+            "simplifier": exported.simplifier, "dynamic_batch": recipe.export.dynamic_batch,
+            "op_counts": exported.op_counts,
+        })
+
+    def open_runner(self, path: Path, threads: int) -> OnnxRunner:
+        return OnnxRunner(path, threads)
+
+    def embed_metadata(self, path: Path, entries: dict[str, str]) -> None:
+        set_metadata(path, entries)

@@ -1,0 +1,42 @@
+"""What a deployment target provides to the pipeline; everything else (load, fold, capture, reference
+inputs, parity, latency schema, manifest, packaging, verification) is shared."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from exporter.recipes import Recipe
+    from exporter.stages.capture import CapturedGraph
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    path: Path  # the model file (or package directory) inside the staging directory
+    facts: dict = field(default_factory=dict)  # the manifest's "target" block: format, precision, opset, ...
+
+
+class Runner(Protocol):
+    """Runs a stack of inputs (K, 3, H, W) through an exported model, returning (K, num_classes)."""
+
+    backend: str
+    runtime_version: str
+    threads: int | None
+    static_batch: int | None
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray: ...
+
+
+class Target(Protocol):
+    name: str
+    model_file: str
+
+    def export(self, captured: CapturedGraph, staging: Path, recipe: Recipe) -> ExportedModel: ...
+
+    def open_runner(self, path: Path, threads: int) -> Runner: ...
+
+    def embed_metadata(self, path: Path, entries: dict[str, str]) -> None: ...
