@@ -73,7 +73,8 @@ NoPassOpt = Annotated[
     list[str] | None,
     typer.Option("--no-pass", help="Switch a fold pass off (repeatable), for diagnosis. Passes: "
                                    "fuse-conv-bn, fold-layer-scale, blend-pool-mixer, constant-attention-bias, "
-                                   "fold-attention-scale, merge-heads.", show_default=False),
+                                   "fold-attention-scale, merge-heads, channels-first-mb3d (Core ML form).",
+                 show_default=False),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on the console.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]

@@ -268,6 +268,7 @@ class EfficientFormer(nn.Module):
         self.norm = nn.LayerNorm(cfg.widths[-1])
         self.head = nn.Linear(cfg.widths[-1], cfg.num_classes)
         self.head_dist: nn.Linear | None = nn.Linear(cfg.widths[-1], cfg.num_classes)
+        self.tokens_channels_first = False  # (B, C, 1, N) tokens after the channels-first-mb3d pass
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         side = final_token_grid(x.shape[-1])
@@ -279,7 +280,7 @@ class EfficientFormer(nn.Module):
         return self.norm(self.stages(self.stem(x)))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        x = x.mean(dim=1)
+        x = x.mean(dim=(2, 3)) if self.tokens_channels_first else x.mean(dim=1)
         if self.head_dist is None:  # merged into head by the fold stage: already the eval-mode average
             return self.head(x)
         logits, logits_dist = self.head(x), self.head_dist(x)
