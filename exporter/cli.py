@@ -73,7 +73,8 @@ NoPassOpt = Annotated[
     list[str] | None,
     typer.Option("--no-pass", help="Switch a fold pass off (repeatable), for diagnosis. Passes: "
                                    "fuse-conv-bn, fold-layer-scale, blend-pool-mixer, constant-attention-bias, "
-                                   "fold-attention-scale, merge-heads, channels-first-mb3d (Core ML form).",
+                                   "fold-attention-scale, merge-heads, erf-gelu (below opset 20), channels-first-mb3d "
+                                   "(Core ML form).",
                  show_default=False),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on the console.")]
@@ -116,7 +117,9 @@ def _passes_without(recipe: Any, no_pass: list[str] | None) -> list[str] | None:
     return [name for name in recipe.fold.passes if name not in no_pass]
 
 
-def _load_target_recipe(target: str, recipe_path: Path | None, overrides: dict[str, Any]) -> tuple[Any, Path]:
+def _load_target_recipe(target: str, recipe_path: Path | None, overrides: dict[str, Any],
+                        no_pass: list[str] | None) -> tuple[Any, Path]:
+    """The recipe file for ``target`` with the flags applied, all validated together."""
     from exporter.errors import RecipeError
     from exporter.recipes import apply_overrides, default_recipe_path, load_recipe
 
@@ -124,7 +127,7 @@ def _load_target_recipe(target: str, recipe_path: Path | None, overrides: dict[s
     loaded, _ = load_recipe(path)
     if loaded.target != target:
         raise RecipeError(f"recipe {path} is for target {loaded.target!r}, not {target!r}")
-    return apply_overrides(loaded, overrides), path
+    return apply_overrides(loaded, overrides | {"fold.passes": _passes_without(loaded, no_pass)}), path
 
 
 def _fold_table(report: dict, title: str) -> Table:
@@ -188,14 +191,12 @@ def onnx_command(
     Writes OUT/efficientformer-VARIANT/onnx-fp32/ with model.onnx, manifest.json and reference_io.npz.
     """
     from exporter.pipeline import ExportRequest, StageReporter, run_export
-    from exporter.recipes import apply_overrides
 
     def work() -> Any:
         final_recipe, recipe_path = _load_target_recipe("onnx", recipe, {
             "export.opset": opset, "export.dynamic_batch": dynamic_batch,
             "export.simplifier": simplifier.value if simplifier else None, "export.image_size": image_size,
-        })
-        final_recipe = apply_overrides(final_recipe, {"fold.passes": _passes_without(final_recipe, no_pass)})
+        }, no_pass)
         request = ExportRequest(variant=variant.value if variant else None, weights=weights, seed=seed,
                                 out_dir=out, recipe=final_recipe, recipe_source=str(recipe_path), force=force)
         console = _stderr(quiet)
@@ -227,14 +228,12 @@ def fold_command(
     """Run the fold passes alone and report each: changed or not, stored values and ops before/after, and its
     parity error against the unfolded model. Writes nothing.
     """
-    from exporter.recipes import apply_overrides
     from exporter.stages.fold import fold_model
     from exporter.stages.load import load_model
     from validate.reference import make_reference_inputs
 
     def work() -> dict:
-        final_recipe, _ = _load_target_recipe("onnx", recipe, {})
-        final_recipe = apply_overrides(final_recipe, {"fold.passes": _passes_without(final_recipe, no_pass)})
+        final_recipe, _ = _load_target_recipe("onnx", recipe, {}, no_pass)
         loaded = load_model(weights, variant.value if variant else None, seed)
         probe, _ = make_reference_inputs(final_recipe.parity.seed, 2, 2, final_recipe.export.image_size)
         folded = fold_model(loaded.model, list(final_recipe.fold.passes), probe, final_recipe.fold.max_abs)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from exporter.errors import RecipeError
 from exporter.models.efficientformer import final_token_grid
@@ -82,6 +82,15 @@ class Recipe(_Section):
     parity: ParitySection
     latency: LatencySection = LatencySection()
 
+    @model_validator(mode="after")
+    def _passes_fit_the_target(self) -> Recipe:
+        if "channels-first-mb3d" in self.fold.passes and self.target != "coreml":
+            raise ValueError("fold.passes: channels-first-mb3d is the Core ML form; ONNX runtimes want (B, N, C)")
+        if "erf-gelu" in self.fold.passes and self.export.opset >= 20:
+            raise ValueError(f"fold.passes: erf-gelu is for opsets below 20, and export.opset is "
+                             f"{self.export.opset}, which has a Gelu op; drop the pass (--no-pass erf-gelu)")
+        return self
+
     def tolerances(self) -> Tolerances:
         try:
             return self.parity.tolerances[self.precision]
@@ -92,9 +101,9 @@ class Recipe(_Section):
 def _describe(exc: ValidationError, origin: str) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{key}: {message}")
+        key = ".".join(str(p) for p in err["loc"])
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        lines.append(f"{key}: {message}" if key else message)
     return f"{origin}: " + "; ".join(lines)
 
 

@@ -87,3 +87,13 @@ def test_recipe_without_tolerances_for_its_precision(tmp_path: Path) -> None:
     recipe, _ = load_recipe(write(tmp_path, text))
     with pytest.raises(RecipeError, match=r"parity\.tolerances\.fp32"):
         recipe.tolerances()
+
+
+def test_passes_that_do_not_fit_the_target_are_refused() -> None:
+    recipe, _ = load_recipe(default_recipe_path("onnx"))
+    with pytest.raises(RecipeError, match=r"erf-gelu is for opsets below 20.*--no-pass erf-gelu"):
+        apply_overrides(recipe, {"export.opset": 20})
+    without = [name for name in recipe.fold.passes if name != "erf-gelu"]
+    assert apply_overrides(recipe, {"export.opset": 20, "fold.passes": without}).export.opset == 20
+    with pytest.raises(RecipeError, match="channels-first-mb3d is the Core ML form"):
+        apply_overrides(recipe, {"fold.passes": [*recipe.fold.passes, "channels-first-mb3d"]})

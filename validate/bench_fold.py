@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from exporter.passes import ALL_PASSES
+from exporter.recipes import default_recipe_path, load_recipe
 from exporter.stages.capture import capture
 from exporter.stages.fold import fold_model
 from exporter.stages.load import load_model
@@ -50,8 +50,11 @@ def plain_export(model: torch.nn.Module, path: Path, opset: int) -> dict[str, in
 
 
 def folded_export(model: torch.nn.Module, path: Path, opset: int) -> dict[str, int]:
+    """As ``efexport onnx --opset N`` does: the shipped recipe's passes (erf-gelu only below opset 20)."""
+    recipe, _ = load_recipe(default_recipe_path("onnx"))
+    passes = [name for name in recipe.fold.passes if opset < 20 or name != "erf-gelu"]
     probe, _ = make_reference_inputs(0, 2, 0)
-    folded = fold_model(model, list(ALL_PASSES), probe, max_abs=1e-4)
+    folded = fold_model(model, passes, probe, max_abs=recipe.fold.max_abs)
     return export_onnx(capture(folded.model, 224, 1000, dynamic_batch=False), path, opset, "onnxsim").op_counts
 
 

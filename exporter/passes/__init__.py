@@ -4,17 +4,18 @@ from exporter.passes.base import ModelPass, PassResult
 from exporter.passes.blend_pool_mixer import BlendPoolMixer
 from exporter.passes.channels_first_mb3d import ChannelsFirstMB3D
 from exporter.passes.constant_attention_bias import ConstantAttentionBias
+from exporter.passes.erf_gelu import ErfGeluForm
 from exporter.passes.fold_attention_scale import FoldAttentionScale
 from exporter.passes.fold_layer_scale import FoldLayerScale
 from exporter.passes.fuse_conv_bn import FuseConvBatchNorm
 from exporter.passes.merge_heads import MergeHeads
 
-# In the order the recipes run them; channels-first-mb3d is for Core ML recipes only.
+# In the order the recipes run them; erf-gelu is for ONNX below opset 20, channels-first-mb3d for Core ML.
 ALL_PASSES: dict[str, type[ModelPass]] = {
     p.name: p
     for p in (FuseConvBatchNorm, FoldLayerScale, BlendPoolMixer, ConstantAttentionBias, FoldAttentionScale,
-              MergeHeads, ChannelsFirstMB3D)
+              MergeHeads, ErfGeluForm, ChannelsFirstMB3D)
 }
 
-__all__ = ["ALL_PASSES", "BlendPoolMixer", "ChannelsFirstMB3D", "ConstantAttentionBias", "FoldAttentionScale",
-           "FoldLayerScale", "FuseConvBatchNorm", "MergeHeads", "ModelPass", "PassResult"]
+__all__ = ["ALL_PASSES", "BlendPoolMixer", "ChannelsFirstMB3D", "ConstantAttentionBias", "ErfGeluForm",
+           "FoldAttentionScale", "FoldLayerScale", "FuseConvBatchNorm", "MergeHeads", "ModelPass", "PassResult"]

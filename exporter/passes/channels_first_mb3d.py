@@ -104,7 +104,7 @@ class MetaBlock3dChannelsFirst(nn.Module):
         self.norm1 = ChannelLayerNorm(block.norm1.eps)
         self.token_mixer = AttentionChannelsFirst(attn)
         self.norm2 = ChannelLayerNorm(block.norm2.eps)
-        self.fc1, self.act, self.fc2 = _conv1x1(fc1), nn.GELU(), _conv1x1(fc2)
+        self.fc1, self.act, self.fc2 = _conv1x1(fc1), block.mlp.act, _conv1x1(fc2)  # act: GELU or its erf form
         with torch.no_grad():
             fold_norm_affine_into(block.norm1, self.token_mixer.qkv)
             fold_norm_affine_into(block.norm2, self.fc1)
