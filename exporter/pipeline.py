@@ -28,9 +28,13 @@ from exporter.stages.package import build_manifest, package
 from exporter.targets import TARGETS, Runner
 from validate.latency import LatencyReport, LatencyStats, host_fingerprint, time_calls
 from validate.parity import compare_outputs
-from validate.reference import build_reference_set
+from validate.reference import ReferenceSet, build_reference_set
 
-FOLD_PROBE_INPUTS = 2  # reference inputs each fold pass is checked on
+
+def fold_probe(reference: ReferenceSet) -> np.ndarray:
+    """The first reference input of each kind (noise, image): what every fold pass is checked on."""
+    firsts = sorted({kind: index for index, kind in reversed(list(enumerate(reference.kinds)))}.values())
+    return reference.inputs[firsts]
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
         reference = build_reference_set(loaded.model, recipe.parity.seed, recipe.parity.noise_inputs,
                                         recipe.parity.image_inputs, image_size)
     with reporter.stage("fold", ", ".join(recipe.fold.passes) or "no passes"):
-        folded = fold_model(loaded.model, list(recipe.fold.passes), reference.inputs[:FOLD_PROBE_INPUTS],
+        folded = fold_model(loaded.model, list(recipe.fold.passes), fold_probe(reference),
                             max_abs=recipe.fold.max_abs)
     with reporter.stage("capture", "tracing the folded model"):
         captured = capture(folded.model, image_size, loaded.model.cfg.num_classes, recipe.export.dynamic_batch)

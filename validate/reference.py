@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from exporter.preprocessing import IMAGENET
+from exporter.synthetic import normalised_images
 
 NOISE, IMAGE = "noise", "image"
 
@@ -30,26 +29,13 @@ class ReferenceSet:
             return cls(data["inputs"], tuple(str(k) for k in data["kinds"]), data["outputs"])
 
 
-def _image_like(gen: torch.Generator, size: int) -> torch.Tensor:
-    """A smooth RGB picture in [0, 1]: coarse random colour blobs upsampled, plus a gradient and an edge."""
-    coarse = torch.rand(1, 3, 7, 7, generator=gen)
-    picture = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0]
-    ramp = torch.linspace(0, 1, size)
-    picture = picture + 0.3 * ramp.view(1, 1, -1) * torch.rand(3, 1, 1, generator=gen)
-    edge = int(torch.randint(size // 4, 3 * size // 4, (1,), generator=gen))
-    picture[:, edge:, :] *= 0.6
-    return picture.clamp(0, 1)
-
-
 def make_reference_inputs(seed: int, noise_inputs: int, image_inputs: int,
                           image_size: int = 224) -> tuple[np.ndarray, tuple[str, ...]]:
     gen = torch.Generator().manual_seed(seed)
-    mean = torch.tensor(IMAGENET.mean).view(3, 1, 1)
-    std = torch.tensor(IMAGENET.std).view(3, 1, 1)
-    tensors = [torch.randn(3, image_size, image_size, generator=gen) for _ in range(noise_inputs)]
-    tensors += [(_image_like(gen, image_size) - mean) / std for _ in range(image_inputs)]
+    noise = torch.randn(noise_inputs, 3, image_size, image_size, generator=gen)
+    images = normalised_images(gen, image_inputs, image_size)
     kinds = (NOISE,) * noise_inputs + (IMAGE,) * image_inputs
-    return torch.stack(tensors).numpy().astype(np.float32), kinds
+    return torch.cat([noise, images]).numpy().astype(np.float32), kinds
 
 
 @torch.no_grad()

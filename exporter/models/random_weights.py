@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from exporter.models.efficientformer import Attention, EfficientFormer, LayerScale
+from exporter.synthetic import normalised_images
 
 
 def _fan_in_normal(weight: torch.Tensor, gen: torch.Generator, gain: float) -> None:
@@ -39,7 +40,9 @@ def randomize_realistically(model: EfficientFormer, seed: int) -> EfficientForme
             uniform(module.gamma, 0.2, 1.0)
         elif isinstance(module, Attention):
             module.attention_biases.normal_(0.0, 1.0, generator=gen)
-    images = torch.randn(4, 3, 224, 224, generator=gen)
+    # Half picture-like, half noise: as in the parity inputs. Pooled features of noise alone barely differ
+    # between inputs, so heads centred on noise alone would amplify float rounding ~30x.
+    images = torch.cat([normalised_images(gen, 4), torch.randn(4, 3, 224, 224, generator=gen)])
     _calibrate_batchnorm(model, images, gen)
     _center_classifier(model, images, gen)
     return model.eval()
@@ -64,8 +67,8 @@ def _calibrate_batchnorm(model: EfficientFormer, images: torch.Tensor, gen: torc
 
 
 def _center_classifier(model: EfficientFormer, images: torch.Tensor, gen: torch.Generator) -> None:
-    """Heads that tell inputs apart: random deep nets map all inputs to nearly the same features, so the
-    heads see the features minus their mean over the calibration batch, scaled to logits of std ~2."""
+    """Heads that tell inputs apart: random deep nets map all inputs to similar pooled features, so the
+    heads see the features minus their mean over the calibration batch, scaled to logits of std ~2 there."""
     pooled = model.forward_features(images).mean(dim=1)
     centred = pooled - pooled.mean(dim=0)
     for head in (model.head, model.head_dist):

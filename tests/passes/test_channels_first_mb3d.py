@@ -41,7 +41,7 @@ def test_channels_first_form_keeps_outputs(before: list[str]) -> None:
     assert result.changed and result.rewrites == 1 and folded.tokens_channels_first
     assert isinstance(folded.stages[3].blocks[4], MetaBlock3dChannelsFirst)
     with torch.no_grad():
-        assert (folded(IMAGES) - model(IMAGES)).abs().max() <= 1e-4
+        assert (folded(IMAGES) - model(IMAGES)).abs().max() <= 2e-5
     assert not ChannelsFirstMB3D()(folded).changed
 
 

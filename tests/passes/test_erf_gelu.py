@@ -24,7 +24,7 @@ def test_every_gelu_is_rewritten_and_outputs_hold(fuse_first: bool) -> None:
     assert result.changed and result.rewrites == 14 + 1  # 14 MB4D MLPs and one MB3D MLP in l1
     assert not any(isinstance(m, nn.GELU) for m in folded.modules())
     with torch.no_grad():
-        assert (folded(IMAGES) - model(IMAGES)).abs().max() <= 1e-4
+        assert (folded(IMAGES) - model(IMAGES)).abs().max() <= 2e-5
     ops = traced_op_counts(folded, IMAGES[:1])
     assert "gelu" not in ops and ops["erf"] == 15
 

@@ -23,7 +23,7 @@ def test_scale_moves_into_query_rows_only() -> None:
         assert torch.allclose(ratio[:, :32], torch.full_like(ratio[:, :32], 32**-0.5), atol=1e-6)  # q
         assert torch.allclose(ratio[:, 32:], torch.ones_like(ratio[:, 32:]))  # k and v untouched
     with torch.no_grad():
-        assert (folded(IMAGES) - model(IMAGES)).abs().max() <= 1e-4
+        assert (folded(IMAGES) - model(IMAGES)).abs().max() <= 2e-5
 
 
 def test_second_run_changes_nothing() -> None:

@@ -25,7 +25,7 @@ def test_folds_mlp_and_attention_scales_and_keeps_outputs(fuse_first: bool) -> N
     remaining = [n for n, m in folded.named_modules() if isinstance(m, LayerScale)]
     assert len(remaining) == 14 and all(n.endswith("ls1") for n in remaining)  # MB4D ls1: blend-pool-mixer's job
     with torch.no_grad():
-        assert (folded(IMAGES) - model(IMAGES)).abs().max() <= 1e-4
+        assert (folded(IMAGES) - model(IMAGES)).abs().max() <= 2e-5
 
 
 def test_scales_land_on_the_right_rows() -> None:

@@ -21,7 +21,7 @@ def test_fuses_every_declared_pair_and_keeps_outputs(variant: str, pairs: int) -
     assert result.changed and result.rewrites == pairs
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
-        assert (folded(IMAGES) - model(IMAGES)).abs().max() <= 1e-4
+        assert (folded(IMAGES) - model(IMAGES)).abs().max() <= 2e-5
 
 
 def test_second_run_changes_nothing() -> None:
