@@ -44,7 +44,7 @@ class ExportSection(_Section):
 
 class FoldSection(_Section):
     passes: list[Literal[PASS_NAMES]] = Field(list(PASS_NAMES), description="fold passes, in order")  # type: ignore[valid-type]
-    max_abs: float = Field(2e-5, gt=0, description="largest drift of the logits any pass may cause, against the "
+    max_abs: float = Field(1e-4, gt=0, description="largest drift of the logits any pass may cause, against the "
                                                    "unfolded model")
 
 
