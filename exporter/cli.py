@@ -228,15 +228,18 @@ def fold_command(
     """Run the fold passes alone and report each: changed or not, stored values and ops before/after, and its
     parity error against the unfolded model. Writes nothing.
     """
-    from exporter.stages.fold import fold_model
+    from exporter.stages.fold import fold_model, fold_probe
     from exporter.stages.load import load_model
     from validate.reference import make_reference_inputs
 
     def work() -> dict:
         final_recipe, _ = _load_target_recipe("onnx", recipe, {}, no_pass)
         loaded = load_model(weights, variant.value if variant else None, seed)
-        probe, _ = make_reference_inputs(final_recipe.parity.seed, 2, 2, final_recipe.export.image_size)
-        folded = fold_model(loaded.model, list(final_recipe.fold.passes), probe, final_recipe.fold.max_abs)
+        parity = final_recipe.parity
+        inputs, kinds = make_reference_inputs(parity.seed, parity.noise_inputs, parity.image_inputs,
+                                              final_recipe.export.image_size)
+        folded = fold_model(loaded.model, list(final_recipe.fold.passes), fold_probe(inputs, kinds),
+                            final_recipe.fold.max_abs)  # the same probe as the export pipeline
         return {"variant": loaded.variant, "weights": loaded.weights, "max_abs_allowed": final_recipe.fold.max_abs}\
             | folded.report()
 

@@ -22,19 +22,13 @@ from exporter.manifest import REFERENCE_FILE
 from exporter.output import check_destination, check_output_root, staged_output
 from exporter.recipes import Recipe
 from exporter.stages.capture import capture
-from exporter.stages.fold import fold_model
+from exporter.stages.fold import fold_model, fold_probe
 from exporter.stages.load import load_model
 from exporter.stages.package import build_manifest, package
 from exporter.targets import TARGETS, Runner
 from validate.latency import LatencyReport, LatencyStats, host_fingerprint, time_calls
 from validate.parity import compare_outputs
-from validate.reference import ReferenceSet, build_reference_set
-
-
-def fold_probe(reference: ReferenceSet) -> np.ndarray:
-    """The first reference input of each kind (noise, image): what every fold pass is checked on."""
-    firsts = sorted({kind: index for index, kind in reversed(list(enumerate(reference.kinds)))}.values())
-    return reference.inputs[firsts]
+from validate.reference import build_reference_set
 
 
 @dataclass(frozen=True)
@@ -89,10 +83,6 @@ class StageReporter:
             self.console.print(message)
 
 
-def _describe_export(recipe: Recipe) -> str:
-    return f"opset {recipe.export.opset}, {recipe.export.simplifier}"
-
-
 def artifact_dir(out_dir: Path, variant: str, target: str, precision: str) -> Path:
     return out_dir / f"efficientformer-{variant}" / f"{target}-{precision}"
 
@@ -126,13 +116,13 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
         reference = build_reference_set(loaded.model, recipe.parity.seed, recipe.parity.noise_inputs,
                                         recipe.parity.image_inputs, image_size)
     with reporter.stage("fold", ", ".join(recipe.fold.passes) or "no passes"):
-        folded = fold_model(loaded.model, list(recipe.fold.passes), fold_probe(reference),
+        folded = fold_model(loaded.model, list(recipe.fold.passes), fold_probe(reference.inputs, reference.kinds),
                             max_abs=recipe.fold.max_abs)
     with reporter.stage("capture", "tracing the folded model"):
         captured = capture(folded.model, image_size, loaded.model.cfg.num_classes, recipe.export.dynamic_batch)
 
     with staged_output(final, request.force) as staging:
-        with reporter.stage("export", f"{target.name}: {_describe_export(recipe)}"):
+        with reporter.stage("export", target.describe(recipe)):
             exported = target.export(captured, staging, recipe)
             reference.save(staging / REFERENCE_FILE)
         with reporter.stage("validate", f"{target.name} vs PyTorch on {len(reference.inputs)} inputs"):

@@ -11,7 +11,7 @@ from torch import nn
 from exporter.errors import ExitCode, ParityError
 from exporter.passes import ALL_PASSES, ModelPass, PassResult
 from exporter.recipes import default_recipe_path, load_recipe
-from exporter.stages.fold import fold_model
+from exporter.stages.fold import fold_model, fold_probe
 from tests.helpers import realistic_model, run_cli
 from validate.reference import make_reference_inputs
 
@@ -62,3 +62,10 @@ def test_fold_command_reports_passes_and_honours_no_pass() -> None:
 def test_unknown_pass_name_is_a_bad_input() -> None:
     result = run_cli("fold", "--variant", "l1", "--no-pass", "fuse-everything")
     assert result.returncode == ExitCode.BAD_INPUT and "fuse-everything" in result.stderr
+
+
+def test_fold_probe_takes_the_first_input_of_each_kind() -> None:
+    inputs, kinds = make_reference_inputs(0, 3, 2)
+    probe = fold_probe(inputs, kinds)
+    assert probe.shape[0] == 2
+    assert (probe[0] == inputs[0]).all() and (probe[1] == inputs[3]).all()

@@ -60,6 +60,11 @@ def traced_op_counts(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def fold_probe(inputs: np.ndarray, kinds: tuple[str, ...]) -> np.ndarray:
+    """The first reference input of each kind (noise, image): what every fold pass is checked on."""
+    return inputs[[kinds.index(kind) for kind in dict.fromkeys(kinds)]]
+
+
 def float32_noise_floor(model: nn.Module, probe: torch.Tensor) -> float:
     """How far float32 outputs move when only the batch split (hence summation order) changes."""
     if len(probe) < 2:
@@ -76,8 +81,7 @@ def fold_model(model: nn.Module, pass_names: list[str], probe_inputs: np.ndarray
     expected = model.eval()(probe)
     folded = copy.deepcopy(model).eval()
     example = probe[:1]
-    ops = traced_op_counts(folded, example)
-    counts_before = ops
+    ops = initial_ops = traced_op_counts(folded, example)
     records = []
     for name in pass_names:
         before, ops_before = count_stored_values(folded), sum(ops.values())
@@ -89,4 +93,4 @@ def fold_model(model: nn.Module, pass_names: list[str], probe_inputs: np.ndarray
                                   ops_before, sum(ops.values()), error))
         if not error <= max_abs:
             raise ParityError(f"fold pass {name} broke parity: max abs error {error:.3g} > {max_abs:.3g}")
-    return FoldedModel(folded, records, float32_noise_floor(model, probe), counts_before, ops)
+    return FoldedModel(folded, records, float32_noise_floor(model, probe), initial_ops, ops)

@@ -35,6 +35,8 @@ class Target(Protocol):
     name: str
     model_file: str
 
+    def describe(self, recipe: Recipe) -> str: ...  # one line for the console, e.g. "ONNX opset 17, onnxsim"
+
     def export(self, captured: CapturedGraph, staging: Path, recipe: Recipe) -> ExportedModel: ...
 
     def open_runner(self, path: Path, threads: int) -> Runner: ...

@@ -109,6 +109,9 @@ class OnnxTarget:
     name = "onnx"
     model_file = MODEL_FILE
 
+    def describe(self, recipe: Recipe) -> str:
+        return f"ONNX opset {recipe.export.opset}, {recipe.export.simplifier}"
+
     def export(self, captured: CapturedGraph, staging: Path, recipe: Recipe) -> ExportedModel:
         exported = export_onnx(captured, staging / MODEL_FILE, recipe.export.opset, recipe.export.simplifier)
         return ExportedModel(exported.path, {
