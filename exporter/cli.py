@@ -72,9 +72,9 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing art
 NoPassOpt = Annotated[
     list[str] | None,
     typer.Option("--no-pass", help="Switch a fold pass off (repeatable), for diagnosis. Passes: "
-                                   "fuse-conv-bn, fold-layer-scale, blend-pool-mixer, constant-attention-bias, "
-                                   "fold-attention-scale, merge-heads, erf-gelu (below opset 20), channels-first-mb3d "
-                                   "(Core ML form).",
+                                   "fuse-conv-bn, fold-layer-scale, blend-pool-mixer, carry-mixer-scale (fp32 only), "
+                                   "constant-attention-bias, fold-attention-scale, merge-heads, token-rows-mb3d "
+                                   "(ONNX form), erf-gelu (below opset 20), channels-first-mb3d (Core ML form).",
                  show_default=False),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on the console.")]
@@ -144,7 +144,7 @@ def _fold_table(report: dict, title: str) -> Table:
 
 def _summary_table(result: Any) -> Table:
     manifest = result.manifest
-    parity, latency = manifest["parity"], manifest["latency"][0]
+    parity = manifest["parity"]
     table = Table(title=f"{result.artifact}", show_header=False, title_justify="left")
     table.add_row("weights", manifest["weights"]["source"] if manifest["weights"]["source"] != "checkpoint"
                   else f"{manifest['weights']['file']} ({manifest['weights']['layout']}, "
@@ -152,15 +152,51 @@ def _summary_table(result: Any) -> Table:
     table.add_row("parity", f"{'passed' if parity['passed'] else 'FAILED'}: max abs {parity['max_abs']:.2e}, "
                             f"min cosine {parity['min_cosine']:.7f}, top-1 {parity['top1_agreement']:.0%} "
                             f"on {len(parity['per_input'])} inputs")
-    stats = latency["stats_ms"]
-    table.add_row("latency", f"p50 {stats['p50']:.2f} ms, p90 {stats['p90']:.2f} ms, p99 {stats['p99']:.2f} ms "
-                             f"({latency['backend']}, batch {latency['batch_size']}, {latency['threads']} threads)")
+    for latency in manifest["latency"]:
+        stats = latency["stats_ms"]
+        threads = f", {latency['threads']} threads" if latency["threads"] else ""
+        table.add_row("latency", f"p50 {stats['p50']:.2f} ms, p90 {stats['p90']:.2f} ms, p99 {stats['p99']:.2f} ms "
+                                 f"({latency['backend']}, batch {latency['batch_size']}{threads})")
+    if "latency_note" in manifest:
+        table.add_row("latency", f"not measured: {manifest['latency_note']}")
+    execution = manifest.get("reference_execution")
+    if execution and execution["fp16_largest_activations"]:
+        top = execution["fp16_largest_activations"][0]
+        table.add_row("fp16 headroom", f"largest activation {top['max_abs']:.4g} ({top['op']} {top['var']}), "
+                                       f"{top['fraction_of_limit']:.2%} of the fp16 limit")
     fold = manifest["fold"]
     table.add_row("fold", f"{len(fold['passes'])} passes, {sum(fold['op_counts_before'].values())} -> "
                           f"{sum(fold['op_counts_after'].values())} traced ops, max abs error "
                           f"{max((r['max_abs_error'] for r in fold['passes']), default=0.0):.2e}")
-    table.add_row("nodes", ", ".join(f"{op} {n}" for op, n in manifest["target"]["op_counts"].items()))
+    table.add_row("ops", ", ".join(f"{op} {n}" for op, n in manifest["target"]["op_counts"].items()))
     return table
+
+
+def _export(target: str, recipe_path: Path | None, overrides: dict[str, Any], no_pass: list[str] | None,
+            variant: Variant | None, weights: Path | None, seed: int, out: Path, force: bool, quiet: bool,
+            as_json: bool) -> None:
+    """What every export command does: recipe + flags -> pipeline -> summary (console) or JSON (stdout)."""
+    from exporter.pipeline import ExportRequest, StageReporter, run_export
+
+    def work() -> Any:
+        final_recipe, path = _load_target_recipe(target, recipe_path, overrides, no_pass)
+        request = ExportRequest(variant=variant.value if variant else None, weights=weights, seed=seed,
+                                out_dir=out, recipe=final_recipe, recipe_source=str(path), force=force)
+        console = _stderr(quiet)
+        result = run_export(request, StageReporter(console))
+        if console:
+            console.print(_summary_table(result))
+        return result
+
+    result = _run_guarded(as_json, work)
+    if as_json:
+        manifest = result.manifest
+        print(json.dumps({"status": "ok", "artifact": str(result.artifact), "variant": manifest["model"]["variant"],
+                          "weights": manifest["weights"], "parity": {k: manifest["parity"][k] for k in (
+                              "passed", "max_abs", "mean_abs", "max_rel", "min_cosine", "top1_agreement",
+                              "mean_top5_overlap")},
+                          "latency": manifest["latency"], "latency_note": manifest.get("latency_note"),
+                          "stage_seconds": result.stage_seconds}, indent=2))
 
 
 @app.command("onnx")
@@ -190,29 +226,73 @@ def onnx_command(
 
     Writes OUT/efficientformer-VARIANT/onnx-fp32/ with model.onnx, manifest.json and reference_io.npz.
     """
-    from exporter.pipeline import ExportRequest, StageReporter, run_export
+    _export("onnx", recipe, {
+        "export.opset": opset, "export.dynamic_batch": dynamic_batch,
+        "export.simplifier": simplifier.value if simplifier else None, "export.image_size": image_size,
+    }, no_pass, variant, weights, seed, out, force, quiet, as_json)
 
-    def work() -> Any:
-        final_recipe, recipe_path = _load_target_recipe("onnx", recipe, {
-            "export.opset": opset, "export.dynamic_batch": dynamic_batch,
-            "export.simplifier": simplifier.value if simplifier else None, "export.image_size": image_size,
-        }, no_pass)
-        request = ExportRequest(variant=variant.value if variant else None, weights=weights, seed=seed,
-                                out_dir=out, recipe=final_recipe, recipe_source=str(recipe_path), force=force)
-        console = _stderr(quiet)
-        result = run_export(request, StageReporter(console))
-        if console:
-            console.print(_summary_table(result))
-        return result
 
-    result = _run_guarded(as_json, work)
-    if as_json:
-        manifest = result.manifest
-        print(json.dumps({"status": "ok", "artifact": str(result.artifact), "variant": manifest["model"]["variant"],
-                          "weights": manifest["weights"], "parity": {k: manifest["parity"][k] for k in (
-                              "passed", "max_abs", "mean_abs", "max_rel", "min_cosine", "top1_agreement",
-                              "mean_top5_overlap")},
-                          "latency": manifest["latency"], "stage_seconds": result.stage_seconds}, indent=2))
+class Precision(str, Enum):
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class DeploymentTarget(str, Enum):
+    iOS15 = "iOS15"
+    iOS16 = "iOS16"
+    iOS17 = "iOS17"
+    iOS18 = "iOS18"
+
+
+class ComputeUnits(str, Enum):
+    ALL = "ALL"
+    CPU_ONLY = "CPU_ONLY"
+    CPU_AND_NE = "CPU_AND_NE"
+    CPU_AND_GPU = "CPU_AND_GPU"
+
+
+class InputKind(str, Enum):
+    image = "image"
+    tensor = "tensor"
+
+
+@app.command("coreml")
+def coreml_command(
+    variant: VariantOpt = None,
+    weights: WeightsOpt = None,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("artifacts"),
+    recipe: RecipeOpt = None,
+    precision: Annotated[Precision | None, typer.Option("--precision", help="Compute precision of the ML Program "
+                                                        "(recipe default fp16).", show_default=False)] = None,
+    deployment_target: Annotated[DeploymentTarget | None, typer.Option(
+        "--deployment-target", help="Minimum iOS version (recipe default iOS16).", show_default=False)] = None,
+    compute_units: Annotated[ComputeUnits | None, typer.Option(
+        "--compute-units", help="Compute units recorded in the package (recipe default ALL).",
+        show_default=False)] = None,
+    input_kind: Annotated[InputKind | None, typer.Option(
+        "--input", help="image: RGB ImageType taking pixels 0-255, normalisation in the graph; tensor: the "
+                        "normalised float tensor the ONNX artifact takes (recipe default image).",
+        show_default=False)] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Class labels, one per line (default: the "
+                                                "ImageNet-1k names).", show_default=False)] = None,
+    no_pass: NoPassOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export to a Core ML ML Program (.mlpackage), prove parity by executing the saved program with efexport's
+    reference interpreter (and with Core ML itself on macOS), and package the artifact.
+
+    Writes OUT/efficientformer-VARIANT/coreml-PRECISION/ with model.mlpackage, manifest.json and reference_io.npz.
+    """
+    _export("coreml", recipe, {
+        "precision": precision.value if precision else None,
+        "coreml.minimum_deployment_target": deployment_target.value if deployment_target else None,
+        "coreml.compute_units": compute_units.value if compute_units else None,
+        "coreml.input": input_kind.value if input_kind else None,
+        "coreml.labels": str(labels) if labels else None,
+    }, no_pass, variant, weights, seed, out, force, quiet, as_json)
 
 
 @app.command("fold")
@@ -221,6 +301,7 @@ def fold_command(
     weights: WeightsOpt = None,
     seed: SeedOpt = 0,
     recipe: RecipeOpt = None,
+    target: Annotated[str, typer.Option("--target", help="Whose recipe's passes to run: onnx or coreml.")] = "onnx",
     no_pass: NoPassOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -233,7 +314,11 @@ def fold_command(
     from validate.reference import make_reference_inputs
 
     def work() -> dict:
-        final_recipe, _ = _load_target_recipe("onnx", recipe, {}, no_pass)
+        if target not in ("onnx", "coreml"):
+            from exporter.errors import UsageError
+
+            raise UsageError(f"--target {target}: choose onnx or coreml")
+        final_recipe, _ = _load_target_recipe(target, recipe, {}, no_pass)
         loaded = load_model(weights, variant.value if variant else None, seed)
         parity = final_recipe.parity
         inputs, kinds = make_reference_inputs(parity.seed, parity.noise_inputs, parity.image_inputs,

@@ -28,7 +28,7 @@ from exporter.stages.package import build_manifest, package
 from exporter.targets import TARGETS, Runner
 from validate.latency import LatencyReport, LatencyStats, host_fingerprint, time_calls
 from validate.parity import compare_outputs
-from validate.reference import build_reference_set
+from validate.reference import ReferenceSet, build_reference_set
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,23 @@ def _benchmark(runner: Runner, recipe: Recipe, inputs: np.ndarray) -> LatencyRep
     )
 
 
+def _accepted(runner: Runner, reference: ReferenceSet) -> list[int]:
+    """Indices of the reference inputs a runner can take (a Core ML image input cannot take noise tensors)."""
+    kinds = getattr(runner, "input_kinds", None)
+    return [i for i, kind in enumerate(reference.kinds) if kinds is None or kind in kinds]
+
+
+def _runtime_parity(runner: Runner, reference: ReferenceSet, recipe: Recipe) -> dict:
+    keep = _accepted(runner, reference)
+    if not keep:
+        raise ParityError(f"{runner.backend}: none of the reference inputs is of a kind it takes")
+    report = compare_outputs(runner(reference.inputs[keep]), reference.outputs[keep],
+                             tuple(reference.kinds[i] for i in keep), recipe.tolerances())
+    if not report.passed:
+        raise ParityError(f"parity gate failed on {runner.backend}: " + "; ".join(report.failures[:5]))
+    return report.to_dict()
+
+
 def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
     recipe = request.recipe
     target = TARGETS[recipe.target]
@@ -131,10 +148,21 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
                                      recipe.tolerances())
             if not parity.passed:
                 raise ParityError("parity gate failed: " + "; ".join(parity.failures[:5]))
-        with reporter.stage("benchmark", f"{recipe.latency.timed_runs} timed runs"):
-            latency = _benchmark(runner, recipe, reference.inputs)
+            runtimes = [runner] if getattr(runner, "is_deployment_runtime", True) else []
+            runtimes += target.extra_runtimes(exported.path, recipe)
+            runtime_parity = {}
+            for extra in runtimes[1 if runtimes and runtimes[0] is runner else 0:]:
+                runtime_parity[extra.backend] = _runtime_parity(extra, reference, recipe)
+        timed = ", ".join(r.backend for r in runtimes) or f"nothing: {target.latency_unavailable}"
+        with reporter.stage("benchmark", f"{recipe.latency.timed_runs} timed runs on {timed}"):
+            latency = [_benchmark(r, recipe, reference.inputs[_accepted(r, reference)]) for r in runtimes]
         with reporter.stage("package", "manifest, metadata, verification"):
-            manifest = build_manifest(loaded, folded, captured, exported, parity, [latency], recipe,
-                                      request.recipe_source)
+            extras = {"runtime_parity": runtime_parity} if runtime_parity else {}
+            if not latency:
+                extras["latency_note"] = target.latency_unavailable
+            if hasattr(runner, "report"):
+                extras |= runner.report()
+            manifest = build_manifest(loaded, folded, captured, exported, parity, latency, recipe,
+                                      request.recipe_source) | extras
             manifest = package(staging, manifest, target, exported, recipe.latency.threads)
     return ExportResult(final, manifest, reporter.seconds)

@@ -49,7 +49,8 @@ class FoldSection(_Section):
 
 
 class Tolerances(_Section):
-    max_abs: float = Field(gt=0, description="largest allowed |exported - pytorch| over all logits")
+    max_abs: float | None = Field(None, gt=0, description="largest allowed |exported - pytorch| over all logits; "
+                                                          "unset: reported, not gated (FP16)")
     min_cosine: float = Field(gt=0, le=1, description="smallest allowed cosine similarity per input")
     top1_agreement: bool = Field(True, description="the top-1 class must agree on every input")
 
@@ -75,18 +76,53 @@ class LatencySection(_Section):
     batch_size: int = Field(1, ge=1, le=1024, description="batch of the timed runs (dynamic-batch exports)")
 
 
+class CoreMLSection(_Section):
+    minimum_deployment_target: Literal["iOS15", "iOS16", "iOS17", "iOS18"] = Field(
+        "iOS16", description="oldest iOS the package runs on")
+    compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_NE", "CPU_AND_GPU"] = Field(
+        "ALL", description="compute units recorded in the package metadata and used for on-device runs")
+    input: Literal["image", "tensor"] = Field(
+        "image", description="image: a 224x224 RGB ImageType (normalisation in the graph); tensor: normalised "
+                             "float (1, 3, H, W), as the ONNX artifact takes")
+    labels: str = Field("imagenet-1k", description="class labels: imagenet-1k or a text file, one label per line")
+    author: str = Field("efexport", description="MLModel author")
+    license: str = Field("Apache-2.0 (EfficientFormer weights: see their source)", description="MLModel license")
+    version: str = Field("1", description="MLModel version string")
+
+
 class Recipe(_Section):
-    target: Literal["onnx"]
-    precision: Literal["fp32"] = "fp32"
+    target: Literal["onnx", "coreml"]
+    precision: Literal["fp32", "fp16"] = "fp32"
     export: ExportSection = ExportSection()
     fold: FoldSection = FoldSection()
     parity: ParitySection
     latency: LatencySection = LatencySection()
+    coreml: CoreMLSection | None = None
+
+    @model_validator(mode="after")
+    def _fits_the_target(self) -> Recipe:
+        if self.target == "coreml":
+            if self.coreml is None:
+                raise ValueError("coreml: a Core ML recipe needs a [coreml] table")
+            if self.export.dynamic_batch:
+                raise ValueError("export.dynamic_batch: Core ML packages here have a fixed batch of 1")
+        elif self.coreml is not None:
+            raise ValueError(f"coreml: the [coreml] table belongs in Core ML recipes, not {self.target}")
+        elif self.precision != "fp32":
+            raise ValueError(f"precision: the {self.target} target exports fp32 only")
+        if "carry-mixer-scale" in self.fold.passes and self.precision == "fp16":
+            raise ValueError("fold.passes: carry-mixer-scale scales activations up to 16x; keep it out of FP16 "
+                             "exports")
+        return self
 
     @model_validator(mode="after")
     def _passes_fit_the_target(self) -> Recipe:
         if "channels-first-mb3d" in self.fold.passes and self.target != "coreml":
-            raise ValueError("fold.passes: channels-first-mb3d is the Core ML form; ONNX runtimes want (B, N, C)")
+            raise ValueError("fold.passes: channels-first-mb3d is the Core ML form; ONNX runtimes want token rows "
+                             "(token-rows-mb3d)")
+        if {"channels-first-mb3d", "token-rows-mb3d"} <= set(self.fold.passes):
+            raise ValueError("fold.passes: token-rows-mb3d and channels-first-mb3d are alternative MB3D layouts; "
+                             "keep one")
         if "erf-gelu" in self.fold.passes and self.export.opset >= 20:
             raise ValueError(f"fold.passes: erf-gelu is for opsets below 20, and export.opset is "
                              f"{self.export.opset}, which has a Gelu op; drop the pass (--no-pass erf-gelu)")

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from exporter.recipes import default_recipe_path, load_recipe
 from exporter.stages.capture import capture
-from exporter.stages.fold import fold_model
+from exporter.stages.fold import fold_model, fold_probe
 from exporter.stages.load import load_model
 from exporter.targets.onnx import OnnxRunner, export_onnx, op_counts
 from validate.latency import host_fingerprint, time_calls
@@ -53,7 +53,7 @@ def folded_export(model: torch.nn.Module, path: Path, opset: int) -> dict[str, i
     """As ``efexport onnx --opset N`` does: the shipped recipe's passes (erf-gelu only below opset 20)."""
     recipe, _ = load_recipe(default_recipe_path("onnx"))
     passes = [name for name in recipe.fold.passes if opset < 20 or name != "erf-gelu"]
-    probe, _ = make_reference_inputs(0, 2, 0)
+    probe = fold_probe(*make_reference_inputs(0, 1, 1))
     folded = fold_model(model, passes, probe, max_abs=recipe.fold.max_abs)
     return export_onnx(capture(folded.model, 224, 1000, dynamic_batch=False), path, opset, "onnxsim").op_counts
 
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     results = [bench_variant(v, args.opset, args.threads, args.windows, args.runs) for v in args.variants]
-    Console().print(_table(results))
+    Console(width=200).print(_table(results))
     if args.json:
         args.json.write_text(json.dumps({"device": host_fingerprint(), "results": results}, indent=2) + "\n")
 

@@ -47,6 +47,12 @@ CONFIGS: dict[str, EfficientFormerConfig] = {
 VARIANTS = tuple(CONFIGS)
 
 
+# Layouts of the MB3D tokens: the model's own, and the fold stage's per-platform forms
+TOKENS_BNC = "B,N,C"
+TOKEN_ROWS = "B*N,C"  # one row per token: Linear layers are plain 2-D matrix products (Gemm)
+TOKENS_CHANNELS_FIRST = "B,C,1,N"  # 1x1 convolutions, as Apple's Neural Engine guidance prefers
+
+
 def final_token_grid(image_size: int) -> int:
     """Side of the last stage's token grid for a square input: a stride-4 stem, then three stride-2 convs."""
     side = image_size
@@ -268,7 +274,7 @@ class EfficientFormer(nn.Module):
         self.norm = nn.LayerNorm(cfg.widths[-1])
         self.head = nn.Linear(cfg.widths[-1], cfg.num_classes)
         self.head_dist: nn.Linear | None = nn.Linear(cfg.widths[-1], cfg.num_classes)
-        self.tokens_channels_first = False  # (B, C, 1, N) tokens after the channels-first-mb3d pass
+        self.token_layout = TOKENS_BNC  # how MB3D tokens are laid out; fold passes may change it
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         side = final_token_grid(x.shape[-1])
@@ -280,7 +286,12 @@ class EfficientFormer(nn.Module):
         return self.norm(self.stages(self.stem(x)))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        x = x.mean(dim=(2, 3)) if self.tokens_channels_first else x.mean(dim=1)
+        if self.token_layout == TOKENS_CHANNELS_FIRST:
+            x = x.mean(dim=(2, 3))
+        elif self.token_layout == TOKEN_ROWS:
+            x = x.reshape(-1, self.cfg.resolution**2, x.shape[-1]).mean(dim=1)
+        else:
+            x = x.mean(dim=1)
         if self.head_dist is None:  # merged into head by the fold stage: already the eval-mode average
             return self.head(x)
         logits, logits_dist = self.head(x), self.head_dist(x)

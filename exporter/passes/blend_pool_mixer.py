@@ -10,17 +10,22 @@ from exporter.passes.base import ModelPass, PassResult
 
 
 class PoolBlend(nn.Module):
-    """``keep * x + mix * pool(x)``, per channel: the MB4D token mixer with its residual included."""
+    """``keep * x + mix * pool(x)``, per channel: the MB4D token mixer with its residual included.
+    A factor of None is 1 and costs no multiplication (the carry-mixer-scale pass arranges that)."""
 
-    def __init__(self, pool: nn.AvgPool2d, keep: torch.Tensor, mix: torch.Tensor) -> None:
+    keep: torch.Tensor | None
+    mix: torch.Tensor | None
+
+    def __init__(self, pool: nn.AvgPool2d, keep: torch.Tensor | None, mix: torch.Tensor | None) -> None:
         super().__init__()
         self.pool = pool
-        self.register_buffer("keep", keep.view(-1, 1, 1))
-        self.register_buffer("mix", mix.view(-1, 1, 1))
+        self.register_buffer("keep", None if keep is None else keep.reshape(-1, 1, 1))
+        self.register_buffer("mix", None if mix is None else mix.reshape(-1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.keep + self.pool(x) * self.mix
-
+        kept = x if self.keep is None else x * self.keep
+        pooled = self.pool(x) if self.mix is None else self.pool(x) * self.mix
+        return kept + pooled
 
 
 class BlendPoolMixer(ModelPass):

@@ -6,7 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.models.efficientformer import Attention, EfficientFormer, Flat, LayerScale, MetaBlock3d
+from exporter.models.efficientformer import (
+    TOKENS_BNC,
+    TOKENS_CHANNELS_FIRST,
+    Attention,
+    EfficientFormer,
+    Flat,
+    LayerScale,
+    MetaBlock3d,
+)
 from exporter.passes.base import ModelPass, PassResult
 from exporter.passes.fold_layer_scale import scale_output_channels
 
@@ -137,7 +145,7 @@ class ChannelsFirstMB3D(ModelPass):
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> PassResult:
-        if not isinstance(model, EfficientFormer) or model.tokens_channels_first:
+        if not isinstance(model, EfficientFormer) or model.token_layout != TOKENS_BNC:
             return PassResult(changed=False)
         last = model.stages[-1]
         rewritten = 0
@@ -151,5 +159,5 @@ class ChannelsFirstMB3D(ModelPass):
         if model.head_dist is not None:
             fold_norm_affine_into(model.norm, model.head_dist)
         model.norm = ChannelLayerNorm(model.norm.eps)
-        model.tokens_channels_first = True
+        model.token_layout = TOKENS_CHANNELS_FIRST
         return PassResult(changed=True, rewrites=rewritten)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from exporter.targets.base import ExportedModel, Runner, Target
+from exporter.targets.coreml import CoreMLTarget
 from exporter.targets.onnx import OnnxTarget
 
-TARGETS: dict[str, Target] = {"onnx": OnnxTarget()}
+TARGETS: dict[str, Target] = {"onnx": OnnxTarget(), "coreml": CoreMLTarget()}
 
 __all__ = ["TARGETS", "ExportedModel", "Runner", "Target"]

@@ -25,6 +25,8 @@ class Runner(Protocol):
 
     backend: str
     runtime_version: str
+    # optional: is_deployment_runtime (False for a reference execution: never timed); input_kinds (the
+    # reference input kinds it accepts, e.g. only "image" for an image-input Core ML model); report() -> dict
     threads: int | None
     static_batch: int | None
 
@@ -34,11 +36,14 @@ class Runner(Protocol):
 class Target(Protocol):
     name: str
     model_file: str
+    latency_unavailable: str  # why nothing is timed on a host without the target's runtime ("" if it always runs)
 
     def describe(self, recipe: Recipe) -> str: ...  # one line for the console, e.g. "ONNX opset 17, onnxsim"
 
     def export(self, captured: CapturedGraph, staging: Path, recipe: Recipe) -> ExportedModel: ...
 
-    def open_runner(self, path: Path, threads: int) -> Runner: ...
+    def open_runner(self, path: Path, threads: int) -> Runner: ...  # the parity gate's runner
+
+    def extra_runtimes(self, path: Path, recipe: Recipe) -> list[Runner]: ...  # real runtimes besides it, if any
 
     def embed_metadata(self, path: Path, entries: dict[str, str]) -> None: ...

@@ -120,8 +120,13 @@ class OnnxTarget:
             "op_counts": exported.op_counts,
         })
 
+    latency_unavailable = ""  # ONNX Runtime runs here: always timed
+
     def open_runner(self, path: Path, threads: int) -> OnnxRunner:
         return OnnxRunner(path, threads)
+
+    def extra_runtimes(self, path: Path, recipe: Recipe) -> list:
+        return []  # the parity runner is ONNX Runtime itself
 
     def embed_metadata(self, path: Path, entries: dict[str, str]) -> None:
         set_metadata(path, entries)

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
+from exporter.models.efficientformer import TOKENS_CHANNELS_FIRST
 from exporter.passes import ALL_PASSES, ChannelsFirstMB3D
 from exporter.passes.channels_first_mb3d import MetaBlock3dChannelsFirst
 from tests.helpers import realistic_model
@@ -38,7 +39,7 @@ def test_channels_first_form_keeps_outputs(before: list[str]) -> None:
     model = realistic_model("l1")
     folded = _apply(model, before)
     result = ChannelsFirstMB3D()(folded)
-    assert result.changed and result.rewrites == 1 and folded.tokens_channels_first
+    assert result.changed and result.rewrites == 1 and folded.token_layout == TOKENS_CHANNELS_FIRST
     assert isinstance(folded.stages[3].blocks[4], MetaBlock3dChannelsFirst)
     with torch.no_grad():
         assert (folded(IMAGES) - model(IMAGES)).abs().max() <= 2e-5

@@ -1,0 +1,291 @@
+"""The Core ML target: an ML Program ``.mlpackage`` for iPhone, checked off macOS by executing its program.
+
+What the package computes, from its input to its outputs::
+
+    image (RGB ImageType, pixels 0-255)
+      -> x / 255 - mean          (the ImageType's scale and per-channel bias)
+      -> x * (1 / std)           (in the graph: the per-channel part the ImageType cannot express)
+      -> folded EfficientFormer -> logits (fp32 output)
+      -> softmax -> probabilities -> classify -> classLabel, classLabel_probs (Xcode's classifier preview)
+
+With ``input = "tensor"`` the input is the normalised float tensor the ONNX artifact takes. Parity here runs
+the saved program with ``validate.mil_interpreter``; on macOS ``validate.coreml_runtime`` adds Core ML itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from exporter.errors import InputSpecError
+from exporter.preprocessing import IMAGENET
+from exporter.recipes import Recipe
+from exporter.stages.capture import CapturedGraph
+from exporter.targets.base import ExportedModel
+
+MODEL_FILE = "model.mlpackage"
+INPUT_NAME, LOGITS, PROBABILITIES, LABEL = "image", "logits", "probabilities", "classLabel"
+SPEC_FILE = Path("Data/com.apple.CoreML/model.mlmodel")
+
+
+@contextlib.contextmanager
+def quiet_coremltools() -> Iterator[None]:
+    """coremltools prints progress bars and warns about untested torch versions: not for our users' consoles."""
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def import_coremltools():
+    """coremltools, imported without its import-time complaints (missing macOS runtime, untested torch)."""
+    with quiet_coremltools():
+        import coremltools
+
+    return coremltools
+
+
+def read_labels(source: str, num_classes: int) -> list[str]:
+    """Class labels, one per output class: the bundled ImageNet-1k names or a text file, one label per line."""
+    if source == "imagenet-1k":
+        text = resources.files("exporter.data").joinpath("imagenet1k_labels.txt").read_text()
+    else:
+        try:
+            text = Path(source).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputSpecError(f"labels file {source}: cannot read it ({exc})") from None
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(labels) != num_classes:
+        raise InputSpecError(f"labels {source}: {len(labels)} labels, but the model has {num_classes} classes")
+    duplicates = sorted(label for label, count in Counter(labels).items() if count > 1)
+    if duplicates:
+        raise InputSpecError(f"labels {source}: duplicate labels {duplicates[:3]} (Core ML needs distinct ones)")
+    return labels
+
+
+class DeployedClassifier(nn.Module):
+    """The captured model with the input scaling the ImageType leaves to the graph, and a softmax output."""
+
+    def __init__(self, traced: nn.Module, inverse_std: torch.Tensor | None) -> None:
+        super().__init__()
+        self.traced = traced
+        self.register_buffer("inverse_std", None if inverse_std is None else inverse_std.view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.inverse_std is not None:
+            x = x * self.inverse_std
+        logits = self.traced(x)
+        return logits, logits.softmax(dim=-1)
+
+
+def _input_type(recipe: Recipe, image_size: int):
+    ct = import_coremltools()
+
+    shape = (1, 3, image_size, image_size)
+    if recipe.coreml.input == "tensor":
+        return ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)
+    return ct.ImageType(name=INPUT_NAME, shape=shape, scale=1 / 255, bias=[-m for m in IMAGENET.mean],
+                        color_layout=ct.colorlayout.RGB)
+
+
+def convert(captured: CapturedGraph, recipe: Recipe, labels: list[str], precision: str):
+    """Trace the deployed classifier and convert it to an ML Program MLModel (not yet saved)."""
+    ct = import_coremltools()
+
+    image_size = captured.example.shape[-1]
+    inverse_std = None if recipe.coreml.input == "tensor" else 1 / torch.tensor(IMAGENET.std)
+    wrapped = DeployedClassifier(captured.module, inverse_std).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapped, captured.example, check_trace=False)
+    target = getattr(ct.target, recipe.coreml.minimum_deployment_target)
+    input_type = _input_type(recipe, image_size)
+    with quiet_coremltools():
+        # Two steps: coremltools cannot attach a classifier to a program with two declared outputs in one call.
+        program = ct.convert(traced, inputs=[input_type], convert_to="milinternal", minimum_deployment_target=target,
+                             outputs=[ct.TensorType(name=LOGITS, dtype=np.float32),
+                                      ct.TensorType(name=PROBABILITIES)])
+        program.functions["main"].set_output_types(None)
+        return ct.convert(
+            program, inputs=[input_type], convert_to="mlprogram", minimum_deployment_target=target,
+            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+            compute_units=getattr(ct.ComputeUnit, recipe.coreml.compute_units),
+            classifier_config=ct.ClassifierConfig(labels, predicted_feature_name=LABEL,
+                                                  predicted_probabilities_output=PROBABILITIES),
+        )
+
+
+def program_op_counts(mlmodel) -> dict[str, int]:
+    operations = mlmodel._mil_program.functions["main"].operations
+    return dict(sorted(Counter(op.op_type for op in operations if op.op_type != "const").items()))
+
+
+def set_metadata(package: Path, recipe_facts: dict[str, str], entries: dict[str, str]) -> None:
+    """Write author/license/version/description and the user-defined entries into the package's spec.
+
+    Only the spec file changes (weights untouched): coremltools re-reads it and nothing else refers to its bytes.
+    """
+    ct = import_coremltools()
+
+    spec = ct.utils.load_spec(str(package))
+    meta = spec.description.metadata
+    meta.author, meta.license = recipe_facts["author"], recipe_facts["license"]
+    meta.versionString, meta.shortDescription = recipe_facts["version"], recipe_facts["description"]
+    meta.userDefined.clear()
+    for key in sorted(entries):
+        meta.userDefined[key] = entries[key]
+    (package / SPEC_FILE).write_bytes(spec.SerializeToString())
+
+
+def read_metadata(package: Path) -> dict[str, str]:
+    ct = import_coremltools()
+
+    with quiet_coremltools():
+        spec = ct.utils.load_spec(str(package))
+    meta = spec.description.metadata
+    return {"author": meta.author, "license": meta.license, "version": meta.versionString,
+            "description": meta.shortDescription, **dict(meta.userDefined)}
+
+
+def normalised_to_pixels(inputs: np.ndarray) -> np.ndarray:
+    """Undo ImageNet normalisation: the RGB pixel values (0-255 for real images) a Core ML image input takes."""
+    mean = np.array(IMAGENET.mean, dtype=np.float64).reshape(1, 3, 1, 1)
+    std = np.array(IMAGENET.std, dtype=np.float64).reshape(1, 3, 1, 1)
+    return ((inputs.astype(np.float64) * std + mean) * 255).astype(np.float32)
+
+
+class MilInterpreterRunner:
+    """Runs the saved ML Program with efexport's reference interpreter (validate.mil_interpreter), one input at a
+    time, and keeps the largest |activation| of every op over all calls (FP16 headroom)."""
+
+    backend = "efexport-mil-interpreter"
+    is_deployment_runtime = False  # a reference execution: its timings say nothing about a device
+    static_batch = 1
+
+    def __init__(self, path: Path, threads: int) -> None:
+        ct = import_coremltools()
+
+        from validate.mil_interpreter import load_program
+
+        with quiet_coremltools():
+            self.program = load_program(path)
+            spec = ct.utils.load_spec(str(path))
+        self.image_input = spec.description.input[0].type.WhichOneof("Type") == "imageType"
+        self.threads = threads
+        self.runtime_version = f"coremltools {ct.__version__} program loader"
+        self.op_max_abs: dict[str, tuple[str, str, float]] = {}  # var -> (op type, dtype, max |x|)
+
+    def run_one(self, normalised: np.ndarray, trace: bool = False):
+        from validate.mil_interpreter import run_program
+
+        feed = normalised_to_pixels(normalised[None]) if self.image_input else normalised[None]
+        return run_program(self.program, {INPUT_NAME: feed}, trace=trace, threads=self.threads)
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        outputs = []
+        for single in inputs:
+            run = self.run_one(single)
+            for record in run.ops:
+                seen = self.op_max_abs.get(record.var_name, ("", "", 0.0))[2]
+                self.op_max_abs[record.var_name] = (record.op_type, record.dtype, max(seen, record.max_abs))
+            outputs.append(np.asarray(run.outputs[LOGITS], dtype=np.float32))
+        return np.concatenate(outputs)
+
+    def report(self) -> dict:
+        """FP16 headroom: the ops whose activations came closest to float16's largest value."""
+        from validate.mil_interpreter import FP16_MAX
+
+        fp16 = [(name, op, value) for name, (op, dtype, value) in self.op_max_abs.items() if dtype == "fp16"]
+        closest = sorted(fp16, key=lambda item: -item[2])[:10]
+        return {"reference_execution": {
+            "interpreter": "validate.mil_interpreter (NumPy/PyTorch kernels, fp16 outputs rounded per op)",
+            "ops_executed": len(self.op_max_abs),
+            "fp16_limit": FP16_MAX,
+            "fp16_largest_activations": [
+                {"var": name, "op": op, "max_abs": value, "fraction_of_limit": value / FP16_MAX}
+                for name, op, value in closest],
+            "fp16_overflow": any(value > FP16_MAX or not np.isfinite(value) for _, _, value in fp16),
+        }}
+
+
+class CoreMLTarget:
+    """Core ML: ML Program .mlpackage (FP16 by default), classifier outputs, metadata, reference-interpreter
+    parity everywhere and Core ML runtime parity and latency on macOS."""
+
+    name = "coreml"
+    model_file = MODEL_FILE
+
+    def describe(self, recipe: Recipe) -> str:
+        settings = recipe.coreml
+        return (f"Core ML ML Program {recipe.precision}, {settings.minimum_deployment_target}, "
+                f"{settings.input} input, compute units {settings.compute_units}")
+
+    def export(self, captured: CapturedGraph, staging: Path, recipe: Recipe) -> ExportedModel:
+        settings = recipe.coreml
+        num_classes = captured.outputs[0].shape[-1]
+        labels = read_labels(settings.labels, int(num_classes))
+        mlmodel = convert(captured, recipe, labels, recipe.precision)
+        path = staging / MODEL_FILE
+        with quiet_coremltools():
+            mlmodel.save(str(path))
+        image_size = captured.example.shape[-1]
+        interface = {
+            "inputs": [{"name": INPUT_NAME, "type": "image RGB, pixels 0-255", "shape": [1, 3, image_size, image_size],
+                        "scale": 1 / 255, "bias": [-m for m in IMAGENET.mean],
+                        "in_graph_scale": [1 / s for s in IMAGENET.std]}
+                       if settings.input == "image" else
+                       {"name": INPUT_NAME, "type": "float32 tensor, ImageNet-normalised",
+                        "shape": [1, 3, image_size, image_size]}],
+            "outputs": [{"name": LABEL, "type": "string"}, {"name": f"{LABEL}_probs", "type": "dict label -> prob"},
+                        {"name": LOGITS, "type": "float32", "shape": [1, int(num_classes)]}],
+        }
+        return ExportedModel(path, {
+            "format": "coreml", "model_file": MODEL_FILE, "package": "mlpackage (ML Program)",
+            "precision": recipe.precision, "minimum_deployment_target": settings.minimum_deployment_target,
+            "compute_units": settings.compute_units, "input": settings.input,
+            "labels": {"source": settings.labels, "count": len(labels)}, "interface": interface,
+            "op_counts": program_op_counts(mlmodel),
+        })
+
+    latency_unavailable = ("Core ML runs only on macOS: this host has no Core ML runtime, so parity came from the "
+                           "reference interpreter and nothing was timed")
+
+    def open_runner(self, path: Path, threads: int) -> MilInterpreterRunner:
+        return MilInterpreterRunner(path, threads)
+
+    def extra_runtimes(self, path: Path, recipe: Recipe) -> list:
+        from validate.coreml_runtime import runtime_runners
+
+        return runtime_runners(path)
+
+    def embed_metadata(self, path: Path, entries: dict[str, str]) -> None:
+        facts = _metadata_facts(entries)
+        set_metadata(path, facts, entries)
+
+
+def _metadata_facts(entries: dict[str, str]) -> dict[str, str]:
+    import json
+
+    recipe = json.loads(entries["efexport.recipe"])["values"]
+    model = json.loads(entries["efexport.model"])
+    weights = json.loads(entries["efexport.weights"])
+    source = "random-init weights, not for deployment" if weights.get("source") != "checkpoint" else "checkpoint"
+    return {"author": recipe["coreml"]["author"], "license": recipe["coreml"]["license"],
+            "version": recipe["coreml"]["version"],
+            "description": f"EfficientFormer-{model['variant']} ImageNet-1k classifier ({recipe['precision']}, "
+                           f"{source}); exported and verified by efexport"}
