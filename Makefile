@@ -1,4 +1,4 @@
-# efexport: make onnx VARIANT=l3 | make test | make lint
+# efexport: make onnx VARIANT=l3 | make coreml VARIANT=l3 | make test | make lint
 # The virtual environment is created on first use; torch is the 2.13.0 CPU build (constraints.txt).
 
 VARIANT ?= l1
@@ -9,10 +9,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup onnx test test-fast lint clean help
+.PHONY: setup onnx coreml test test-fast lint clean help
 
 help:
 	@echo "make onnx VARIANT=l1|l3|l7 [ARGS='--weights ckpt.pth']  export to ONNX into $(OUT)/"
+	@echo "make coreml VARIANT=l1|l3|l7 [ARGS='--precision fp32']   export to Core ML (.mlpackage) into $(OUT)/"
 	@echo "make test                                               run the test suite"
 	@echo "make lint                                               ruff"
 	@echo "make setup                                              create $(VENV) and install"
@@ -28,6 +29,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 onnx: $(STAMP)
 	$(BIN)/efexport onnx --variant $(VARIANT) --out $(OUT) --force $(ARGS)
+
+coreml: $(STAMP)
+	$(BIN)/efexport coreml --variant $(VARIANT) --out $(OUT) --force $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --durations=15

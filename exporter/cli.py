@@ -172,20 +172,35 @@ def _summary_table(result: Any) -> Table:
     return table
 
 
+def _trace_table(trace: dict, limit: int = 15) -> Table:
+    first = trace["first_past_rel_tol"]
+    table = Table("op", "output", "max |x|", "abs error", "rel error", title_justify="left",
+                  title=f"per-op trace vs {trace['baseline']}: the {limit} largest relative errors")
+    for row in sorted(trace["ops"], key=lambda r: -r["rel_err"])[:limit]:
+        table.add_row(row["op"], row["var"], f"{row['max_abs']:.4g}", f"{row['abs_err']:.3g}", f"{row['rel_err']:.2%}")
+    where = "no op" if first is None else f"first op: {first['op']} {first['var']} ({first['rel_err']:.2%})"
+    table.caption = f"past {trace['rel_tol']:.0%} relative error: {where}"
+    return table
+
+
 def _export(target: str, recipe_path: Path | None, overrides: dict[str, Any], no_pass: list[str] | None,
             variant: Variant | None, weights: Path | None, seed: int, out: Path, force: bool, quiet: bool,
-            as_json: bool) -> None:
+            as_json: bool, trace: bool = False) -> None:
     """What every export command does: recipe + flags -> pipeline -> summary (console) or JSON (stdout)."""
     from exporter.pipeline import ExportRequest, StageReporter, run_export
 
     def work() -> Any:
         final_recipe, path = _load_target_recipe(target, recipe_path, overrides, no_pass)
         request = ExportRequest(variant=variant.value if variant else None, weights=weights, seed=seed,
-                                out_dir=out, recipe=final_recipe, recipe_source=str(path), force=force)
+                                out_dir=out, recipe=final_recipe, recipe_source=str(path), force=force, trace=trace)
         console = _stderr(quiet)
         result = run_export(request, StageReporter(console))
         if console:
             console.print(_summary_table(result))
+            if trace:
+                from exporter.pipeline import TRACE_FILE
+
+                console.print(_trace_table(json.loads((result.artifact / TRACE_FILE).read_text())))
         return result
 
     result = _run_guarded(as_json, work)
@@ -276,6 +291,8 @@ def coreml_command(
         show_default=False)] = None,
     labels: Annotated[Path | None, typer.Option("--labels", help="Class labels, one per line (default: the "
                                                 "ImageNet-1k names).", show_default=False)] = None,
+    trace: Annotated[bool, typer.Option("--trace", help="Per-op trace of FP16 rounding error (op_trace.json in "
+                                        "the artifact, worst ops printed): find the layer that diverges.")] = False,
     no_pass: NoPassOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
@@ -292,7 +309,7 @@ def coreml_command(
         "coreml.compute_units": compute_units.value if compute_units else None,
         "coreml.input": input_kind.value if input_kind else None,
         "coreml.labels": str(labels) if labels else None,
-    }, no_pass, variant, weights, seed, out, force, quiet, as_json)
+    }, no_pass, variant, weights, seed, out, force, quiet, as_json, trace)
 
 
 @app.command("fold")

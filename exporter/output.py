@@ -72,9 +72,18 @@ def _move_into_place(staging: Path, final: Path, force: bool) -> None:
 def staged_output(final: Path, force: bool) -> Iterator[Path]:
     """Yield a staging directory; on normal exit it replaces ``final``, on any exception it is removed."""
     check_destination(final, force)
+    missing_parents = [p for p in (final.parent, *final.parent.parents) if not p.exists()]  # deepest first
     staging = _make_staging(final)
+    completed = False
     try:
         yield staging
         _move_into_place(staging, final, force)
+        completed = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not completed:  # leave no empty directories behind either
+            for parent in missing_parents:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break

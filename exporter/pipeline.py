@@ -8,6 +8,7 @@ it; any failure leaves nothing behind but the error.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 from rich.console import Console
 
 from exporter import interrupts
-from exporter.errors import EfexportError, ParityError, StageError
+from exporter.errors import EfexportError, ParityError, StageError, UsageError
 from exporter.manifest import REFERENCE_FILE
 from exporter.output import check_destination, check_output_root, staged_output
 from exporter.recipes import Recipe
@@ -40,6 +41,7 @@ class ExportRequest:
     recipe: Recipe
     recipe_source: str
     force: bool = False
+    trace: bool = False  # write op_trace.json: per-op error growth (targets whose runner can trace)
 
 
 @dataclass
@@ -81,6 +83,9 @@ class StageReporter:
     def note(self, message: str) -> None:
         if self.console:
             self.console.print(message)
+
+
+TRACE_FILE = "op_trace.json"
 
 
 def artifact_dir(out_dir: Path, variant: str, target: str, precision: str) -> Path:
@@ -125,6 +130,7 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
     if loaded.is_random:
         reporter.note(f"[yellow]warning:[/] no --weights: EfficientFormer-{loaded.variant} is randomly initialised "
                       f"(seed {request.seed}); the artifact is marked random-init and is not for deployment")
+    target.preflight(recipe, loaded.model.cfg.num_classes)  # target-specific inputs fail before any work
     final = artifact_dir(request.out_dir, loaded.variant, recipe.target, recipe.precision)
     check_destination(final, request.force)
     image_size = recipe.export.image_size
@@ -148,6 +154,11 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
                                      recipe.tolerances())
             if not parity.passed:
                 raise ParityError("parity gate failed: " + "; ".join(parity.failures[:5]))
+            if request.trace:
+                if not hasattr(runner, "trace"):
+                    raise UsageError(f"--trace: the {target.name} target has no per-op trace")
+                image = reference.kinds.index("image") if "image" in reference.kinds else 0
+                (staging / TRACE_FILE).write_text(json.dumps(runner.trace(reference.inputs[image]), indent=1) + "\n")
             runtimes = [runner] if getattr(runner, "is_deployment_runtime", True) else []
             runtimes += target.extra_runtimes(exported.path, recipe)
             runtime_parity = {}

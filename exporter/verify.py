@@ -49,12 +49,19 @@ def verify_artifact(directory: Path, threads: int = 2) -> VerifyReport:
     manifest = read_manifest(directory)
     problems = _file_problems(directory, manifest.get("files", {}))
     parity = None
-    if not problems:
-        reference = ReferenceSet.load(directory / REFERENCE_FILE)
-        tolerances = Tolerances.model_validate(manifest["parity"]["tolerances"])
-        runner = _runner_for(directory, manifest, threads)
-        parity = compare_outputs(runner(reference.inputs), reference.outputs, reference.kinds, tolerances)
-        problems += [f"parity: {failure}" for failure in parity.failures]
+    model_file = manifest.get("target", {}).get("model_file", "")
+    # Parity runs even when a hash differs: a changed model must also be caught by what it computes.
+    if model_file and (directory / model_file).exists() and (directory / REFERENCE_FILE).is_file():
+        try:
+            reference = ReferenceSet.load(directory / REFERENCE_FILE)
+            tolerances = Tolerances.model_validate(manifest["parity"]["tolerances"])
+            runner = _runner_for(directory, manifest, threads)
+            parity = compare_outputs(runner(reference.inputs), reference.outputs, reference.kinds, tolerances)
+            problems += [f"parity: {failure}" for failure in parity.failures]
+        except VerifyError:
+            raise
+        except Exception as exc:  # a damaged model or reference file: a failed verification, not a crash
+            problems.append(f"parity: could not run the model on the reference inputs: {type(exc).__name__}: {exc}")
     return VerifyReport(str(directory), not problems, tuple(problems), len(manifest.get("files", {})) + 1, parity)
 
 

@@ -108,6 +108,7 @@ def test_failed_parity_gate_exits_5_and_writes_nothing(tmp_path: Path, section: 
     assert result.returncode == ExitCode.PARITY_FAILED, result.stderr
     assert f"[{stage}]" in result.stderr and reported in result.stderr
     assert [p for p in artifact_names(out) if p.count("/") >= 1] == []
+    assert not (out / "efficientformer-l1").exists()  # no empty directories left behind either
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ each activation comes to the float16 limit. Full tensors are kept only for the v
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import math
 import time
@@ -142,6 +143,11 @@ def _static_shape(var: Any) -> tuple[int, ...] | None:
     return None
 
 
+# False only inside run_program(..., round_fp16=False): fp16 values then stay float32 (the program's arithmetic with
+# fp16 weights but float32 activations), the baseline a trace measures activation rounding against.
+_ROUND_FP16: contextvars.ContextVar[bool] = contextvars.ContextVar("round_fp16", default=True)
+
+
 def _round_fp16(a: np.ndarray) -> np.ndarray:
     """Round float values to float16 and back: kept in float32 so consumers need no conversion."""
     t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
@@ -160,7 +166,7 @@ def _store(value: Any, var: Any) -> Any:
         return value
     target = _np_dtype(var)
     if target == np.float16:
-        return _round_fp16(np.asarray(value))
+        return _round_fp16(np.asarray(value)) if _ROUND_FP16.get() else np.array(value, dtype=np.float32)
     if target.kind == "f":
         return np.array(value, dtype=np.float32)  # a copy: blob-backed weights are read-only
     return np.array(value, dtype=target)
@@ -252,12 +258,15 @@ def _prepare_inputs(function: Any, inputs: Mapping[str, np.ndarray]) -> dict[str
 
 
 def run_program(program: Any, inputs: Mapping[str, np.ndarray], trace: bool = False, keep: Iterable[str] = (),
-                function: str = "main", threads: int | None = 1) -> ProgramRun:
+                function: str = "main", threads: int | None = 1, round_fp16: bool = True) -> ProgramRun:
     """Execute ``program``'s function op by op in program order.
 
     ``inputs`` are converted to the declared input dtypes (float32 into an fp16 input is rounded). ``trace=True``
     keeps ``SAMPLE_SIZE`` values of every op output in its record for ``compare_runs``; ``keep`` names vars whose
     full tensors are returned in ``ProgramRun.kept``. Other intermediates are freed after their last use.
+
+    ``round_fp16=False`` keeps fp16 values in float32 (activation rounding off; weights stay as stored), the
+    baseline for a per-op trace of an FP16 program.
 
     ``threads`` sets PyTorch's intra-op threads for the run (restored afterwards; None leaves them alone). One
     thread by default: results do not depend on the machine's core count, and on a 2-core machine shared with
@@ -266,9 +275,11 @@ def run_program(program: Any, inputs: Mapping[str, np.ndarray], trace: bool = Fa
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    rounding = _ROUND_FP16.set(round_fp16)
     try:
         return _run(program, inputs, trace, set(keep), function)
     finally:
+        _ROUND_FP16.reset(rounding)
         torch.set_num_threads(previous)
 
 

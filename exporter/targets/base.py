@@ -40,6 +40,8 @@ class Target(Protocol):
 
     def describe(self, recipe: Recipe) -> str: ...  # one line for the console, e.g. "ONNX opset 17, onnxsim"
 
+    def preflight(self, recipe: Recipe, num_classes: int) -> None: ...  # raise on unusable target inputs
+
     def export(self, captured: CapturedGraph, staging: Path, recipe: Recipe) -> ExportedModel: ...
 
     def open_runner(self, path: Path, threads: int) -> Runner: ...  # the parity gate's runner

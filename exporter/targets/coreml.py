@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from exporter.preprocessing import IMAGENET
 from exporter.recipes import Recipe
 from exporter.stages.capture import CapturedGraph
 from exporter.targets.base import ExportedModel
+
+if TYPE_CHECKING:
+    from validate.mil_interpreter import ProgramRun
 
 MODEL_FILE = "model.mlpackage"
 INPUT_NAME, LOGITS, PROBABILITIES, LABEL = "image", "logits", "probabilities", "classLabel"
@@ -117,13 +121,15 @@ def convert(captured: CapturedGraph, recipe: Recipe, labels: list[str], precisio
     input_type = _input_type(recipe, image_size)
     with quiet_coremltools():
         # Two steps: coremltools cannot attach a classifier to a program with two declared outputs in one call.
+        compute_precision = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
         program = ct.convert(traced, inputs=[input_type], convert_to="milinternal", minimum_deployment_target=target,
+                             compute_precision=compute_precision,
                              outputs=[ct.TensorType(name=LOGITS, dtype=np.float32),
                                       ct.TensorType(name=PROBABILITIES)])
         program.functions["main"].set_output_types(None)
         return ct.convert(
             program, inputs=[input_type], convert_to="mlprogram", minimum_deployment_target=target,
-            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+            compute_precision=compute_precision,
             compute_units=getattr(ct.ComputeUnit, recipe.coreml.compute_units),
             classifier_config=ct.ClassifierConfig(labels, predicted_feature_name=LABEL,
                                                   predicted_probabilities_output=PROBABILITIES),
@@ -190,11 +196,12 @@ class MilInterpreterRunner:
         self.runtime_version = f"coremltools {ct.__version__} program loader"
         self.op_max_abs: dict[str, tuple[str, str, float]] = {}  # var -> (op type, dtype, max |x|)
 
-    def run_one(self, normalised: np.ndarray, trace: bool = False):
+    def run_one(self, normalised: np.ndarray, trace: bool = False, round_fp16: bool = True) -> ProgramRun:
         from validate.mil_interpreter import run_program
 
         feed = normalised_to_pixels(normalised[None]) if self.image_input else normalised[None]
-        return run_program(self.program, {INPUT_NAME: feed}, trace=trace, threads=self.threads)
+        return run_program(self.program, {INPUT_NAME: feed}, trace=trace, threads=self.threads,
+                           round_fp16=round_fp16)
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         outputs = []
@@ -205,6 +212,24 @@ class MilInterpreterRunner:
                 self.op_max_abs[record.var_name] = (record.op_type, record.dtype, max(seen, record.max_abs))
             outputs.append(np.asarray(run.outputs[LOGITS], dtype=np.float32))
         return np.concatenate(outputs)
+
+    def trace(self, normalised: np.ndarray, rel_tol: float = 1e-2) -> dict:
+        """Per op, how far FP16 activation rounding has moved its output from the same program run with float32
+        activations (same stored weights) on one input: where the error grows, and the first op past rel_tol."""
+        from validate.mil_interpreter import compare_runs, first_divergence
+
+        rounded = self.run_one(normalised, trace=True)
+        wide = self.run_one(normalised, trace=True, round_fp16=False)
+        diffs = compare_runs(wide, rounded)
+        first = first_divergence(diffs, rel_tol)
+        return {
+            "baseline": "the same program with float32 activations (round_fp16=False)",
+            "rel_tol": rel_tol,
+            "first_past_rel_tol": None if first is None else {"op": first.op_type, "var": first.candidate_var,
+                                                              "rel_err": first.rel_err},
+            "ops": [{"op": d.op_type, "var": d.candidate_var, "max_abs": d.reference_max_abs,
+                     "abs_err": d.sample_max_err, "rel_err": d.rel_err} for d in diffs],
+        }
 
     def report(self) -> dict:
         """FP16 headroom: the ops whose activations came closest to float16's largest value."""
@@ -234,6 +259,9 @@ class CoreMLTarget:
         settings = recipe.coreml
         return (f"Core ML ML Program {recipe.precision}, {settings.minimum_deployment_target}, "
                 f"{settings.input} input, compute units {settings.compute_units}")
+
+    def preflight(self, recipe: Recipe, num_classes: int) -> None:
+        read_labels(recipe.coreml.labels, num_classes)
 
     def export(self, captured: CapturedGraph, staging: Path, recipe: Recipe) -> ExportedModel:
         settings = recipe.coreml

@@ -112,6 +112,9 @@ class OnnxTarget:
     def describe(self, recipe: Recipe) -> str:
         return f"ONNX opset {recipe.export.opset}, {recipe.export.simplifier}"
 
+    def preflight(self, recipe: Recipe, num_classes: int) -> None:
+        pass  # everything ONNX needs is in the recipe, already validated
+
     def export(self, captured: CapturedGraph, staging: Path, recipe: Recipe) -> ExportedModel:
         exported = export_onnx(captured, staging / MODEL_FILE, recipe.export.opset, recipe.export.simplifier)
         return ExportedModel(exported.path, {
