@@ -137,8 +137,8 @@ def _fold_table(report: dict, title: str) -> Table:
         table.add_row(r["name"], "yes" if r["changed"] else "no", str(r["rewrites"]),
                       f"{r['stored_values_before']:,} -> {r['stored_values_after']:,}",
                       f"{r['ops_before']} -> {r['ops_after']}", f"{r['max_abs_error']:.2e}")
-    table.caption = (f"float32 noise floor on these weights (same model, other batch split): "
-                     f"{report['float32_noise_floor']:.2e}")
+    table.caption = (f"errors against the unfolded model in float64; float32 noise floor (the unfolded model's own "
+                     f"float32 error): {report['float32_noise_floor']:.2e}; gate {report['max_abs_gate']:.2e}")
     return table
 
 

@@ -44,8 +44,9 @@ class ExportSection(_Section):
 
 class FoldSection(_Section):
     passes: list[Literal[PASS_NAMES]] = Field(list(PASS_NAMES), description="fold passes, in order")  # type: ignore[valid-type]
-    max_abs: float = Field(1e-4, gt=0, description="largest drift of the logits any pass may cause, against the "
-                                                   "unfolded model")
+    max_abs: float = Field(1e-5, gt=0, description="largest error of the folded model's logits (float32) against "
+                                                   "the unfolded model evaluated in float64; the gate is the larger "
+                                                   "of this and twice the unfolded model's own float32 error")
 
 
 class Tolerances(_Section):

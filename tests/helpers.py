@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -66,3 +67,10 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
     env = os.environ | {"COLUMNS": "200", "NO_COLOR": "1"}
     return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, cwd=cwd or REPO,
                           timeout=timeout, env=env)
+
+
+@torch.no_grad()
+def error_vs_exact(folded: torch.nn.Module, unfolded: torch.nn.Module, images: torch.Tensor) -> float:
+    """Max abs error of ``folded`` (float32) against ``unfolded`` evaluated exactly (float64): the fold gate's rule."""
+    exact = copy.deepcopy(unfolded).eval().double()(images.double())
+    return float((folded.eval()(images).double() - exact).abs().max())

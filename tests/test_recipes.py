@@ -47,7 +47,7 @@ def test_overrides_replace_values_and_keep_the_rest() -> None:
         (('simplifier = "onnxsim"', 'simplifier = "magic"'), "export.simplifier"),
         (("image_size = 224", "image_size = 256"), "export.image_size"),
         (("max_abs = 1e-4\nmin_cosine", "max_abs = -1.0\nmin_cosine"), "parity.tolerances.fp32.max_abs"),
-        (("max_abs = 1e-4            # each pass", "max_abs = 0.0 #"), "fold.max_abs"),
+        (("max_abs = 1e-5            # each pass", "max_abs = 0.0 #"), "fold.max_abs"),
         (("min_cosine = 0.99999", "min_cosine = 1.5"), "parity.tolerances.fp32.min_cosine"),
         (("timed_runs = 50", "timed_runs = 5"), "latency.timed_runs"),
         (("threads = 2", "threads = 0"), "latency.threads"),
