@@ -74,3 +74,13 @@ def error_vs_exact(folded: torch.nn.Module, unfolded: torch.nn.Module, images: t
     """Max abs error of ``folded`` (float32) against ``unfolded`` evaluated exactly (float64): the fold gate's rule."""
     exact = copy.deepcopy(unfolded).eval().double()(images.double())
     return float((folded.eval()(images).double() - exact).abs().max())
+
+
+def with_passes(model: torch.nn.Module, names: list[str]) -> torch.nn.Module:
+    """A deep copy of ``model`` with the named fold passes applied in order."""
+    from exporter.passes import ALL_PASSES
+
+    folded = copy.deepcopy(model)
+    for name in names:
+        ALL_PASSES[name]()(folded)
+    return folded

@@ -93,8 +93,9 @@ def test_force_replaces_an_existing_artifact(exported: tuple[Path, dict], tmp_pa
 
 @pytest.mark.parametrize(
     ("section", "stage", "reported"),
-    [("[parity.tolerances.fp32]\nmax_abs = 1e-4", "validate", "input 0 (noise): max_abs"),
-     ("[fold]\npasses", "fold", "fold pass fuse-conv-bn broke parity")],
+    # (the fold gate cannot be made to fail from a recipe: it is never tighter than float32 rounding of the
+    # unfolded model; tests/test_fold_stage.py breaks a pass on purpose instead)
+    [("[parity.tolerances.fp32]\nmax_abs = 1e-4", "validate", "input 0 (noise): max_abs")],
 )
 def test_failed_parity_gate_exits_5_and_writes_nothing(tmp_path: Path, section: str, stage: str,
                                                        reported: str) -> None:
@@ -176,4 +177,4 @@ def test_interrupt_mid_export_exits_130_and_removes_staging(tmp_path: Path, sig:
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == ExitCode.INTERRUPTED, stderr
     assert "interrupted" in stderr
-    assert artifact_names(out) == ["efficientformer-l1"]
+    assert artifact_names(out) == []  # staging and the directories made for it are gone

@@ -553,34 +553,14 @@ def _binary(a: _Args) -> np.ndarray:
         return np.asarray(_BINARY[a.op.op_type](x, y))
 
 
-@kernel("relu")
-def _relu(a: _Args) -> torch.Tensor:
-    return torch.relu(a.tensor("x"))
+_UNARY = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "erf": torch.erf, "exp": torch.exp,
+          "sqrt": torch.sqrt}
 
 
-@kernel("sigmoid")
-def _sigmoid(a: _Args) -> torch.Tensor:
-    return torch.sigmoid(a.tensor("x"))
-
-
-@kernel("tanh")
-def _tanh(a: _Args) -> torch.Tensor:
-    return torch.tanh(a.tensor("x"))
-
-
-@kernel("erf")
-def _erf(a: _Args) -> torch.Tensor:
-    return torch.erf(a.tensor("x"))
-
-
-@kernel("exp")
-def _exp(a: _Args) -> torch.Tensor:
-    return torch.exp(a.tensor("x"))
-
-
-@kernel("sqrt")
-def _sqrt(a: _Args) -> torch.Tensor:
-    return torch.sqrt(a.tensor("x"))
+@kernel(*_UNARY)
+def _unary(a: _Args) -> torch.Tensor:
+    """Elementwise functions of ``x`` alone."""
+    return _UNARY[a.op.op_type](a.tensor("x"))
 
 
 @kernel("rsqrt")

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import copy
 import warnings
 from collections import Counter
 
@@ -8,22 +7,15 @@ import pytest
 import torch
 
 from exporter.models.efficientformer import TOKENS_CHANNELS_FIRST
-from exporter.passes import ALL_PASSES, ChannelsFirstMB3D
+from exporter.passes import ChannelsFirstMB3D
 from exporter.passes.channels_first_mb3d import MetaBlock3dChannelsFirst
 from exporter.recipes import default_recipe_path, load_recipe
-from tests.helpers import error_vs_exact, realistic_model
+from tests.helpers import error_vs_exact, realistic_model, with_passes
 
 IMAGES = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(13))
 # the Core ML recipe's passes before the channels-first form (carry-mixer-scale and token-rows-mb3d are ONNX's)
 OTHER_PASSES = [name for name in load_recipe(default_recipe_path("coreml"))[0].fold.passes
                if name != "channels-first-mb3d"]
-
-
-def _apply(model: torch.nn.Module, names: list[str]) -> torch.nn.Module:
-    folded = copy.deepcopy(model)
-    for name in names:
-        ALL_PASSES[name]()(folded)
-    return folded
 
 
 def _coreml_ops(model: torch.nn.Module) -> Counter:
@@ -40,7 +32,7 @@ def _coreml_ops(model: torch.nn.Module) -> Counter:
 @pytest.mark.parametrize("before", [[], OTHER_PASSES], ids=["unfolded", "after-other-passes"])
 def test_channels_first_form_keeps_outputs(before: list[str]) -> None:
     model = realistic_model("l1")
-    folded = _apply(model, before)
+    folded = with_passes(model, before)
     result = ChannelsFirstMB3D()(folded)
     assert result.changed and result.rewrites == 1 and folded.token_layout == TOKENS_CHANNELS_FIRST
     assert isinstance(folded.stages[3].blocks[4], MetaBlock3dChannelsFirst)
@@ -51,8 +43,8 @@ def test_channels_first_form_keeps_outputs(before: list[str]) -> None:
 
 def test_coreml_program_has_no_transpose_and_one_reshape() -> None:
     model = realistic_model("l3")
-    plain = _coreml_ops(_apply(model, OTHER_PASSES))
-    channels_first = _coreml_ops(_apply(model, [*OTHER_PASSES, "channels-first-mb3d"]))
+    plain = _coreml_ops(with_passes(model, OTHER_PASSES))
+    channels_first = _coreml_ops(with_passes(model, [*OTHER_PASSES, "channels-first-mb3d"]))
     assert plain["transpose"] > 0  # the (B, N, C) form needs them; the point of the pass is that it does not
     assert channels_first["transpose"] == 0
     assert channels_first["reshape"] == 1

@@ -8,28 +8,21 @@ import pytest
 import torch
 
 from exporter.models.efficientformer import TOKEN_ROWS
-from exporter.passes import ALL_PASSES, ChannelsFirstMB3D, TokenRowsMB3D
+from exporter.passes import ChannelsFirstMB3D, TokenRowsMB3D
 from exporter.passes.token_rows_mb3d import AttentionOnTokenRows, FlatTokenRows
 from exporter.stages.capture import capture
 from exporter.targets.onnx import export_onnx
-from tests.helpers import error_vs_exact, realistic_model
+from tests.helpers import error_vs_exact, realistic_model, with_passes
 
 IMAGES = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(15))
 OTHER_PASSES = ["fuse-conv-bn", "fold-layer-scale", "blend-pool-mixer", "constant-attention-bias",
                 "fold-attention-scale", "merge-heads"]
 
 
-def _apply(model: torch.nn.Module, names: list[str]) -> torch.nn.Module:
-    folded = copy.deepcopy(model)
-    for name in names:
-        ALL_PASSES[name]()(folded)
-    return folded
-
-
 @pytest.mark.parametrize("before", [[], OTHER_PASSES], ids=["unfolded", "after-other-passes"])
 def test_token_rows_keep_outputs(before: list[str]) -> None:
     model = realistic_model("l1")
-    folded = _apply(model, before)
+    folded = with_passes(model, before)
     result = TokenRowsMB3D()(folded)
     assert result.changed and result.rewrites == 1 and folded.token_layout == TOKEN_ROWS
     assert isinstance(folded.stages[3].blocks[3], FlatTokenRows)
@@ -48,9 +41,9 @@ def test_exact_in_float64() -> None:
 
 
 def test_onnx_graph_loses_the_reshapes_around_each_linear(tmp_path) -> None:
-    model = _apply(realistic_model("l3"), OTHER_PASSES)  # l3: four MB3D blocks
+    model = with_passes(realistic_model("l3"), OTHER_PASSES)  # l3: four MB3D blocks
     counts = {}
-    for name, candidate in (("bnc", model), ("rows", _apply(model, ["token-rows-mb3d"]))):
+    for name, candidate in (("bnc", model), ("rows", with_passes(model, ["token-rows-mb3d"]))):
         path = tmp_path / f"{name}.onnx"
         export_onnx(capture(candidate, 224, 1000, dynamic_batch=True), path, 17, "onnxsim")
         counts[name] = Counter(node.op_type for node in onnx.load(path).graph.node)
@@ -63,6 +56,6 @@ def test_onnx_graph_loses_the_reshapes_around_each_linear(tmp_path) -> None:
 
 
 def test_channels_first_form_does_not_apply_on_top() -> None:
-    model = _apply(realistic_model("l1"), ["token-rows-mb3d"])
+    model = with_passes(realistic_model("l1"), ["token-rows-mb3d"])
     assert not ChannelsFirstMB3D()(model).changed
     assert not TokenRowsMB3D()(model).changed
