@@ -159,11 +159,10 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
                     raise UsageError(f"--trace: the {target.name} target has no per-op trace")
                 image = reference.kinds.index("image") if "image" in reference.kinds else 0
                 (staging / TRACE_FILE).write_text(json.dumps(runner.trace(reference.inputs[image]), indent=1) + "\n")
-            runtimes = [runner] if getattr(runner, "is_deployment_runtime", True) else []
-            runtimes += target.extra_runtimes(exported.path, recipe)
-            runtime_parity = {}
-            for extra in runtimes[1 if runtimes and runtimes[0] is runner else 0:]:
-                runtime_parity[extra.backend] = _runtime_parity(extra, reference, recipe)
+            extra_runtimes = target.extra_runtimes(exported.path, recipe)  # e.g. Core ML itself, on macOS
+            runtime_parity = {r.backend: _runtime_parity(r, reference, recipe) for r in extra_runtimes}
+        runtimes = [runner] if getattr(runner, "is_deployment_runtime", True) else []  # a reference is not timed
+        runtimes += extra_runtimes
         timed = ", ".join(r.backend for r in runtimes) or f"nothing: {target.latency_unavailable}"
         with reporter.stage("benchmark", f"{recipe.latency.timed_runs} timed runs on {timed}"):
             latency = [_benchmark(r, recipe, reference.inputs[_accepted(r, reference)]) for r in runtimes]
