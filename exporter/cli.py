@@ -23,7 +23,8 @@ from exporter.errors import EfexportError, ExitCode
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 2 usage, 3 bad input (checkpoint, recipe, option values), 4 output exists or is not "
-    "writable, 5 parity gate failed, 6 verification failed, 7 a wrapped tool failed in a stage, "
+    "writable, 5 parity gate failed, 6 verification failed, 7 a wrapped tool failed in a stage, 8 TensorRT: "
+    "portable half written but no engine built here, 9 TensorRT --require-engine: no engine possible here, "
     "130 interrupted, 1 internal error."
 )
 
@@ -204,14 +205,22 @@ def _export(target: str, recipe_path: Path | None, overrides: dict[str, Any], no
         return result
 
     result = _run_guarded(as_json, work)
+    engine = result.manifest["target"].get("engine")
     if as_json:
         manifest = result.manifest
-        print(json.dumps({"status": "ok", "artifact": str(result.artifact), "variant": manifest["model"]["variant"],
+        print(json.dumps({"status": "ok" if engine is None or engine["built"] else "no-engine",
+                          "artifact": str(result.artifact), "variant": manifest["model"]["variant"],
                           "weights": manifest["weights"], "parity": {k: manifest["parity"][k] for k in (
                               "passed", "max_abs", "mean_abs", "max_rel", "min_cosine", "top1_agreement",
                               "mean_top5_overlap")},
                           "latency": manifest["latency"], "latency_note": manifest.get("latency_note"),
-                          "stage_seconds": result.stage_seconds}, indent=2))
+                          "engine": engine, "stage_seconds": result.stage_seconds}, indent=2))
+    if engine is not None and not engine["built"]:
+        if not quiet:
+            Console(stderr=True).print(f"[yellow]no TensorRT engine built:[/] {escape(engine['reason'])}. The "
+                                       "artifact holds the prepared ONNX, build_engine.sh and engine.json: run "
+                                       "build_engine.sh on the serving GPU. (exit code 8)", highlight=False)
+        raise typer.Exit(int(ExitCode.NO_ENGINE))
 
 
 @app.command("onnx")
@@ -312,13 +321,72 @@ def coreml_command(
     }, no_pass, variant, weights, seed, out, force, quiet, as_json, trace)
 
 
+class TensorRTPrecision(str, Enum):
+    fp16 = "fp16"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+@app.command("tensorrt")
+def tensorrt_command(
+    variant: VariantOpt = None,
+    weights: WeightsOpt = None,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("artifacts"),
+    recipe: RecipeOpt = None,
+    precision: Annotated[TensorRTPrecision | None, typer.Option(
+        "--precision", help="Engine precision (recipe default fp16; LayerNorm and softmax stay fp32).",
+        show_default=False)] = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset of the prepared graph (recipe default "
+                                              "17: TensorRT 8.6+).", show_default=False)] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="Batch sizes min,opt,max of the optimization "
+                                                "profile (recipe default 1,8,64).", show_default=False)] = None,
+    workspace_mib: Annotated[int | None, typer.Option("--workspace-mib", help="Builder workspace limit in MiB.",
+                                                      show_default=False)] = None,
+    optimization_level: Annotated[int | None, typer.Option("--optimization-level", help="Builder optimisation "
+                                                           "level 0-5 (recipe default 3).", show_default=False)] = None,
+    require_engine: Annotated[bool, typer.Option("--require-engine", help="Fail (exit 9, nothing written) when no "
+                                                 "engine can be built here, instead of writing the portable half "
+                                                 "and exiting 8.")] = False,
+    no_pass: NoPassOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prepare a TensorRT build for A100-class GPUs: TensorRT-ready ONNX (checked against the ops TensorRT
+    parses), build recipe, build_engine.sh (trtexec) and engine.json; where TensorRT and a GPU exist, also build
+    model.plan and measure its parity and latency.
+
+    Writes OUT/efficientformer-VARIANT/tensorrt-PRECISION/. Exit code 8: written, but no engine could be built
+    here (no TensorRT or no GPU); the reason is printed and recorded in engine.json.
+    """
+    batches = None
+    if profile is not None:
+        try:
+            batches = [int(part) for part in profile.split(",")]
+        except ValueError:
+            raise _fail(_usage(f"--profile {profile}: give three batch sizes, e.g. 1,8,64"), as_json) from None
+    _export("tensorrt", recipe, {
+        "precision": precision.value if precision else None, "export.opset": opset, "tensorrt.profile": batches,
+        "tensorrt.workspace_mib": workspace_mib, "tensorrt.optimization_level": optimization_level,
+        "tensorrt.require_engine": require_engine or None,
+    }, no_pass, variant, weights, seed, out, force, quiet, as_json)
+
+
+def _usage(message: str) -> EfexportError:
+    from exporter.errors import UsageError
+
+    return UsageError(message)
+
+
 @app.command("fold")
 def fold_command(
     variant: VariantOpt = None,
     weights: WeightsOpt = None,
     seed: SeedOpt = 0,
     recipe: RecipeOpt = None,
-    target: Annotated[str, typer.Option("--target", help="Whose recipe's passes to run: onnx or coreml.")] = "onnx",
+    target: Annotated[str, typer.Option("--target", help="Whose recipe's passes to run: onnx, coreml or "
+                                                         "tensorrt.")] = "onnx",
     no_pass: NoPassOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -331,10 +399,8 @@ def fold_command(
     from validate.reference import make_reference_inputs
 
     def work() -> dict:
-        if target not in ("onnx", "coreml"):
-            from exporter.errors import UsageError
-
-            raise UsageError(f"--target {target}: choose onnx or coreml")
+        if target not in ("onnx", "coreml", "tensorrt"):
+            raise _usage(f"--target {target}: choose onnx, coreml or tensorrt")
         final_recipe, _ = _load_target_recipe(target, recipe, {}, no_pass)
         loaded = load_model(weights, variant.value if variant else None, seed)
         parity = final_recipe.parity

@@ -17,6 +17,8 @@ class ExitCode(IntEnum):
     PARITY_FAILED = 5  # the exported model does not compute what PyTorch computes
     VERIFY_FAILED = 6  # a saved artifact does not match its manifest
     STAGE_FAILED = 7  # a tool a stage wraps failed (exporter, simplifier, runtime)
+    NO_ENGINE = 8  # TensorRT: the portable half was written, but no engine could be built here
+    ENGINE_REQUIRED = 9  # TensorRT with --require-engine: no engine could be built here; nothing was written
     INTERRUPTED = 130
 
 

@@ -114,8 +114,9 @@ def _runtime_parity(runner: Runner, reference: ReferenceSet, recipe: Recipe) -> 
     keep = _accepted(runner, reference)
     if not keep:
         raise ParityError(f"{runner.backend}: none of the reference inputs is of a kind it takes")
+    tolerances = recipe.tolerances(getattr(runner, "precision", None))
     report = compare_outputs(runner(reference.inputs[keep]), reference.outputs[keep],
-                             tuple(reference.kinds[i] for i in keep), recipe.tolerances())
+                             tuple(reference.kinds[i] for i in keep), tolerances)
     if not report.passed:
         raise ParityError(f"parity gate failed on {runner.backend}: " + "; ".join(report.failures[:5]))
     return report.to_dict()
@@ -151,7 +152,7 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
         with reporter.stage("validate", f"{target.name} vs PyTorch on {len(reference.inputs)} inputs"):
             runner = target.open_runner(exported.path, recipe.latency.threads)
             parity = compare_outputs(runner(reference.inputs), reference.outputs, reference.kinds,
-                                     recipe.tolerances())
+                                     recipe.tolerances(getattr(runner, "precision", None)))
             if not parity.passed:
                 raise ParityError("parity gate failed: " + "; ".join(parity.failures[:5]))
             if request.trace:
@@ -165,7 +166,9 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
         runtimes += extra_runtimes
         timed = ", ".join(r.backend for r in runtimes) or f"nothing: {target.latency_unavailable}"
         with reporter.stage("benchmark", f"{recipe.latency.timed_runs} timed runs on {timed}"):
-            latency = [_benchmark(r, recipe, reference.inputs[_accepted(r, reference)]) for r in runtimes]
+            latency = [report for r in runtimes for report in (
+                r.latency_reports(recipe) if hasattr(r, "latency_reports")  # e.g. per profile batch, on a GPU
+                else [_benchmark(r, recipe, reference.inputs[_accepted(r, reference)])])]
         with reporter.stage("package", "manifest, metadata, verification"):
             extras = {"runtime_parity": runtime_parity} if runtime_parity else {}
             if not latency:

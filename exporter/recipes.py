@@ -60,7 +60,7 @@ class ParitySection(_Section):
     seed: int = Field(0, ge=0, description="seed of the reference inputs")
     noise_inputs: int = Field(4, ge=0, le=64, description="standard-normal inputs")
     image_inputs: int = Field(4, ge=0, le=64, description="smooth image-like inputs, ImageNet-normalised")
-    tolerances: dict[Literal["fp32", "fp16"], Tolerances] = Field(description="gates per precision")
+    tolerances: dict[Literal["fp32", "fp16", "bf16"], Tolerances] = Field(description="gates per precision")
 
     @field_validator("image_inputs")
     @classmethod
@@ -91,29 +91,66 @@ class CoreMLSection(_Section):
     version: str = Field("1", description="MLModel version string")
 
 
+class TensorRTSection(_Section):
+    gpu: str = Field("A100", description="the GPU class the recipe is tuned for (recorded; engines are built on the "
+                                         "serving GPU)")
+    profile: list[int] = Field([1, 8, 64], description="optimization profile batch sizes [min, opt, max] "
+                                                       "(dynamic-batch exports)")
+    fp32_ops: list[str] = Field(["LayerNormalization", "Softmax"], description="ONNX op types whose layers stay "
+                                                                               "FP32 in reduced-precision builds")
+    workspace_mib: int = Field(4096, ge=64, le=1 << 20, description="builder workspace limit, MiB")
+    optimization_level: int = Field(3, ge=0, le=5, description="builder optimisation level")
+    timing_cache: str = Field("timing.cache", description="timing cache file inside the artifact")
+    hardware_compatibility: Literal["none", "ampere_plus"] = Field(
+        "none", description="ampere_plus: an engine that runs on any Ampere or newer GPU (slower)")
+    version_compatible: bool = Field(False, description="an engine later TensorRT versions can run (lean runtime)")
+    require_engine: bool = Field(False, description="fail (exit 9, nothing written) where no engine can be built, "
+                                                    "instead of writing the portable half (exit 8)")
+
+    @field_validator("profile")
+    @classmethod
+    def _ordered(cls, value: list[int]) -> list[int]:
+        if len(value) != 3 or not 1 <= value[0] <= value[1] <= value[2]:
+            raise ValueError(f"profile must be [min, opt, max] batch sizes with 1 <= min <= opt <= max, got {value}")
+        return value
+
+    @field_validator("timing_cache")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not value or "/" in value or value.startswith("."):
+            raise ValueError(f"timing_cache must be a plain file name inside the artifact, got {value!r}")
+        return value
+
+
 class Recipe(_Section):
-    target: Literal["onnx", "coreml"]
-    precision: Literal["fp32", "fp16"] = "fp32"
+    target: Literal["onnx", "coreml", "tensorrt"]
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     export: ExportSection = ExportSection()
     fold: FoldSection = FoldSection()
     parity: ParitySection
     latency: LatencySection = LatencySection()
     coreml: CoreMLSection | None = None
+    tensorrt: TensorRTSection | None = None
 
     @model_validator(mode="after")
     def _fits_the_target(self) -> Recipe:
-        if self.target == "coreml":
-            if self.coreml is None:
-                raise ValueError("coreml: a Core ML recipe needs a [coreml] table")
-            if self.export.dynamic_batch:
-                raise ValueError("export.dynamic_batch: Core ML packages here have a fixed batch of 1")
-        elif self.coreml is not None:
-            raise ValueError(f"coreml: the [coreml] table belongs in Core ML recipes, not {self.target}")
-        elif self.precision != "fp32":
-            raise ValueError(f"precision: the {self.target} target exports fp32 only")
+        for section in ("coreml", "tensorrt"):
+            if (getattr(self, section) is None) == (self.target == section):
+                raise ValueError(f"{section}: a {section} recipe needs a [{section}] table, and only it may have one")
+        if self.precision == "int8":
+            raise ValueError("precision: int8 needs calibration data or a quantized (QDQ) graph, which efexport "
+                             "does not make yet; use fp16, bf16 or fp32")
+        allowed = {"onnx": ("fp32",), "coreml": ("fp32", "fp16"), "tensorrt": ("fp32", "fp16", "bf16")}[self.target]
+        if self.precision not in allowed:
+            raise ValueError(f"precision: the {self.target} target exports {', '.join(allowed)}, not {self.precision}")
+        if self.target == "coreml" and self.export.dynamic_batch:
+            raise ValueError("export.dynamic_batch: Core ML packages here have a fixed batch of 1")
         if "carry-mixer-scale" in self.fold.passes and self.precision == "fp16":
             raise ValueError("fold.passes: carry-mixer-scale scales activations up to 16x; keep it out of FP16 "
                              "exports")
+        if self.target == "tensorrt" and not self.export.dynamic_batch and self.tensorrt.profile != [1, 1, 1]:
+            raise ValueError("tensorrt.profile: a static-batch export has batch 1 only; set profile = [1, 1, 1] or "
+                             "export.dynamic_batch = true")
         return self
 
     @model_validator(mode="after")
@@ -129,11 +166,13 @@ class Recipe(_Section):
                              f"{self.export.opset}, which has a Gelu op; drop the pass (--no-pass erf-gelu)")
         return self
 
-    def tolerances(self) -> Tolerances:
+    def tolerances(self, precision: str | None = None) -> Tolerances:
+        """The gate for ``precision`` (default: the recipe's own; a runner of an fp32 file asks for fp32)."""
+        precision = precision or self.precision
         try:
-            return self.parity.tolerances[self.precision]
+            return self.parity.tolerances[precision]
         except KeyError:
-            raise RecipeError(f"recipe has no parity.tolerances.{self.precision} for its precision") from None
+            raise RecipeError(f"recipe has no parity.tolerances.{precision} for precision {precision}") from None
 
 
 def _describe(exc: ValidationError, origin: str) -> str:
@@ -166,8 +205,11 @@ def load_recipe(path: Path) -> tuple[Recipe, dict]:
     return parse_recipe(data, f"recipe {path}"), data
 
 
+DEFAULT_RECIPES = {"onnx": "onnx.toml", "coreml": "coreml.toml", "tensorrt": "tensorrt-a100.toml"}
+
+
 def default_recipe_path(target: str) -> Path:
-    return RECIPES_DIR / f"{target}.toml"
+    return RECIPES_DIR / DEFAULT_RECIPES[target]
 
 
 def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:

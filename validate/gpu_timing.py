@@ -1,0 +1,110 @@
+"""GPU latency: CUDA-event device time, synchronized host time, and their reports in the shared latency schema.
+
+Torch only (no TensorRT), so all of it runs on any CUDA GPU. Two measures, never mixed in one report:
+
+- ``device_compute``: the GPU time between CUDA events recorded on a stream before and after each call (what
+  ``trtexec`` calls "GPU Compute Time"); it excludes the host and the host-device copies the call does not enqueue.
+- ``host_end_to_end``: wall time from the call to the GPU having finished it (``torch.cuda.synchronize``), so it
+  includes launch overhead, copies the call makes and the synchronization itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from functools import cache
+
+import torch
+
+from validate.latency import LatencyReport, LatencyStats, time_calls
+
+
+def cuda_event_times(call: Callable[[], object], warmup_runs: int, timed_runs: int,
+                     stream: torch.cuda.Stream | None = None) -> list[float]:
+    """GPU time of each of ``timed_runs`` calls after ``warmup_runs`` untimed ones, in milliseconds.
+
+    Rule: a pair of timing events is recorded on ``stream`` (default: the current stream) around each call, and
+    the calls run with ``stream`` current, so torch work lands on it; other work (e.g. a TensorRT context) must be
+    enqueued on that stream by ``call`` itself. Calls are enqueued back to back and synchronized once at the end:
+    a synchronization between runs would let the GPU idle and the next start event time that idle gap.
+    """
+    stream = stream if stream is not None else torch.cuda.current_stream()
+    events = []
+    with torch.cuda.stream(stream):
+        for _ in range(warmup_runs):
+            call()
+        for _ in range(timed_runs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            call()
+            end.record(stream)
+            events.append((start, end))
+    stream.synchronize()
+    return [start.elapsed_time(end) for start, end in events]
+
+
+def host_times_synchronized(call: Callable[[], object], warmup: int, runs: int) -> list[float]:
+    """Wall time of each of ``runs`` calls after ``warmup`` untimed ones, in milliseconds, each
+    measured up to ``torch.cuda.synchronize()`` returning: the host's view of one complete request."""
+
+    def synchronized() -> None:
+        call()
+        torch.cuda.synchronize()
+
+    torch.cuda.synchronize()  # earlier queued work must not be charged to the first timed call
+    return time_calls(synchronized, warmup, runs)
+
+
+def gpu_latency_reports(device_compute_ms: list[float], host_end_to_end_ms: list[float], *, runtime_version: str,
+                        precision: str, batch_size: int, warmup_runs: int, device: dict,
+                        backend: str = "tensorrt", threads: int | None = None) -> tuple[LatencyReport, LatencyReport]:
+    """The two reports of one GPU measurement, (device_compute, host_end_to_end), from their samples.
+
+    Pure: statistics come from the samples as given, ``timed_runs`` is the number of samples, and images per
+    second (``LatencyReport.images_per_second``) is ``batch_size`` over the mean latency.
+    """
+    reports = []
+    for measured, samples in (("device_compute", device_compute_ms), ("host_end_to_end", host_end_to_end_ms)):
+        if not samples:
+            raise ValueError(f"no {measured} samples: a latency report needs at least one timed run")
+        reports.append(LatencyReport(
+            backend=backend, runtime_version=runtime_version, measured=measured, precision=precision,
+            batch_size=batch_size, threads=threads, warmup_runs=warmup_runs, timed_runs=len(samples),
+            stats_ms=LatencyStats.from_samples(samples), device=dict(device)))
+    return reports[0], reports[1]
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver version (e.g. "550.54.15") from ``nvidia-smi``, or None where it cannot be asked:
+    torch exposes only the CUDA runtime it was built with, not the driver."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        result = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                                text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = result.stdout.split()
+    return lines[0] if result.returncode == 0 and lines else None  # one line per GPU, all the same driver
+
+
+@cache
+def gpu_fingerprint(index: int | None = None) -> dict:
+    """The GPU (default: the current CUDA device) a device-side measurement ran on: the GPU counterpart of
+    ``validate.latency.host_fingerprint``. Raises RuntimeError where no CUDA device is visible."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device is visible")
+    index = torch.cuda.current_device() if index is None else index
+    props = torch.cuda.get_device_properties(index)
+    return {
+        "kind": "gpu",
+        "name": props.name,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "total_memory_gib": round(props.total_memory / 2**30, 1),
+        "multiprocessors": props.multi_processor_count,
+        "cuda_runtime": torch.version.cuda,
+        "driver": driver_version(),
+        "torch": torch.__version__,
+    }
