@@ -2,7 +2,7 @@
 
 Console output (progress, warnings, errors) goes to stderr; ``--json`` prints one JSON document on stdout.
 Exit codes: see ``exporter.errors.ExitCode`` (0 ok, 2 usage, 3 bad input, 4 output, 5 parity, 6 verify,
-7 stage failed, 130 interrupted, 1 internal error).
+7 stage failed, 8 TensorRT without an engine, 9 engine required but impossible, 130 interrupted, 1 internal error).
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ class Variant(str, Enum):
     l1 = "l1"
     l3 = "l3"
     l7 = "l7"
+
+
+class TargetName(str, Enum):
+    onnx = "onnx"
+    coreml = "coreml"
+    tensorrt = "tensorrt"
 
 
 class Simplifier(str, Enum):
@@ -385,8 +391,7 @@ def fold_command(
     weights: WeightsOpt = None,
     seed: SeedOpt = 0,
     recipe: RecipeOpt = None,
-    target: Annotated[str, typer.Option("--target", help="Whose recipe's passes to run: onnx, coreml or "
-                                                         "tensorrt.")] = "onnx",
+    target: Annotated[TargetName, typer.Option("--target", help="Whose recipe's passes to run.")] = TargetName.onnx,
     no_pass: NoPassOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
@@ -399,9 +404,7 @@ def fold_command(
     from validate.reference import make_reference_inputs
 
     def work() -> dict:
-        if target not in ("onnx", "coreml", "tensorrt"):
-            raise _usage(f"--target {target}: choose onnx, coreml or tensorrt")
-        final_recipe, _ = _load_target_recipe(target, recipe, {}, no_pass)
+        final_recipe, _ = _load_target_recipe(target.value, recipe, {}, no_pass)
         loaded = load_model(weights, variant.value if variant else None, seed)
         parity = final_recipe.parity
         inputs, kinds = make_reference_inputs(parity.seed, parity.noise_inputs, parity.image_inputs,

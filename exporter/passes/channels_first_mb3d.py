@@ -138,7 +138,7 @@ class ChannelsFirstMB3D(ModelPass):
 
     Apple's Neural Engine guidance favours this layout; Core ML fuses the channel LayerNorm into one
     layer_norm and the transposes into matmul flags, so the converted program has no transpose and one
-    reshape. For Core ML only: ONNX Runtime and TensorRT are better served by the (B, N, C) form.
+    reshape. For Core ML only: ONNX Runtime and TensorRT are better served by token rows (token-rows-mb3d).
     """
 
     name = "channels-first-mb3d"
