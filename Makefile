@@ -1,4 +1,4 @@
-# efexport: make onnx VARIANT=l3 | make coreml VARIANT=l3 | make tensorrt VARIANT=l3 | make test | make lint
+# efexport: make onnx VARIANT=l3 | make coreml VARIANT=l3 | make tensorrt VARIANT=l3 | make all | make test | make lint
 # The virtual environment is created on first use; torch is the 2.13.0 CPU build (constraints.txt).
 
 VARIANT ?= l1
@@ -9,13 +9,46 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup onnx coreml tensorrt test test-fast lint clean help
+.PHONY: setup onnx coreml tensorrt all test test-fast lint clean help
+
+# make all: every variant x platform as a verified package plus its reproducible bundle, in parallel with -j,
+# incrementally: a package is rebuilt only when its recipe, efexport's code or data, or its weights changed.
+# Weights per variant: WEIGHTS_l3=path/to/ckpt.pth (random-init, marked not deployable, when unset).
+VARIANTS ?= l1 l3 l7
+PLATFORMS ?= onnx coreml tensorrt
+BUNDLES ?= $(OUT)/bundles
+RECIPE_onnx ?= recipes/onnx.toml
+RECIPE_coreml ?= recipes/coreml.toml
+RECIPE_tensorrt ?= recipes/tensorrt-a100.toml
+PRECISION_onnx := fp32
+PRECISION_coreml := fp16
+PRECISION_tensorrt := fp16
+TOLERATED_tensorrt := || test $$$$? -eq 8
+SOURCES := $(shell find exporter validate -type f \( -name '*.py' -o -name '*.json' -o -name '*.toml' -o -name '*.txt' \) \
+             -not -path '*/__pycache__/*' | sort)
+package_manifest = $(OUT)/efficientformer-$(1)/$(2)-$(PRECISION_$(2))/manifest.json
+package_bundle = $(BUNDLES)/efficientformer-$(1)-$(2)-$(PRECISION_$(2)).zip
+
+define PACKAGE_RULES
+$(call package_manifest,$(1),$(2)): $(RECIPE_$(2)) $(SOURCES) $(WEIGHTS_$(1)) | $(STAMP)
+	$(BIN)/efexport $(2) --variant $(1) $(if $(WEIGHTS_$(1)),--weights $(WEIGHTS_$(1))) --recipe $(RECIPE_$(2)) \
+		--out $(OUT) --force --quiet $(ARGS) $(TOLERATED_$(2))
+
+$(call package_bundle,$(1),$(2)): $(call package_manifest,$(1),$(2))
+	$(BIN)/efexport bundle $$(dir $$<) --out $(BUNDLES) --quiet
+endef
+$(foreach v,$(VARIANTS),$(foreach p,$(PLATFORMS),$(eval $(call PACKAGE_RULES,$(v),$(p)))))
+
+all: $(foreach v,$(VARIANTS),$(foreach p,$(PLATFORMS),$(call package_bundle,$(v),$(p))))
 
 help:
 	@echo "make onnx VARIANT=l1|l3|l7 [ARGS='--weights ckpt.pth']  export to ONNX into $(OUT)/"
 	@echo "make coreml VARIANT=l1|l3|l7 [ARGS='--precision fp32']   export to Core ML (.mlpackage) into $(OUT)/"
 	@echo "make tensorrt VARIANT=l1|l3|l7                          TensorRT: prepared ONNX, build_engine.sh, engine.json"
 	@echo "                                                        (+ model.plan where TensorRT and a GPU exist)"
+	@echo "make all [-j2] [VARIANTS='l1 l3'] [PLATFORMS='onnx coreml'] [WEIGHTS_l3=ckpt.pth]"
+	@echo "                                                        every variant x platform, packages + bundles"
+	@echo "                                                        in $(OUT)/bundles; only what changed is redone"
 	@echo "make test                                               run the test suite"
 	@echo "make lint                                               ruff"
 	@echo "make setup                                              create $(VENV) and install"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +26,8 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 2 usage, 3 bad input (checkpoint, recipe, option values), 4 output exists or is not "
     "writable, 5 parity gate failed, 6 verification failed, 7 a wrapped tool failed in a stage, 8 TensorRT: "
     "portable half written but no engine built here, 9 TensorRT --require-engine: no engine possible here, "
-    "130 interrupted, 1 internal error."
+    "10 publish refused (does not verify, gates, random weights, version taken), 11 publish destination failed "
+    "(unreachable, denied, upload did not verify), 130 interrupted, 1 internal error."
 )
 
 app = typer.Typer(
@@ -385,6 +387,79 @@ def _usage(message: str) -> EfexportError:
     return UsageError(message)
 
 
+def _export_one(target: str, overrides: dict[str, Any], variant: Variant | None, weights: Path | None, seed: int,
+                out: Path, force: bool, console: Console | None, bundle_dir: Path | None) -> dict:
+    """One target of ``efexport all``: its outcome as a row; a user-facing error is a failed row, not an abort."""
+    from exporter.bundle import write_bundle
+    from exporter.pipeline import ExportRequest, StageReporter, run_export
+
+    row: dict[str, Any] = {"target": target}
+    start = time.perf_counter()
+    try:
+        recipe, path = _load_target_recipe(target, None, overrides, None)
+        request = ExportRequest(variant=variant.value if variant else None, weights=weights, seed=seed, out_dir=out,
+                                recipe=recipe, recipe_source=str(path), force=force)
+        result = run_export(request, StageReporter(console))
+        engine = result.manifest["target"].get("engine")
+        row |= {"status": "ok" if engine is None or engine["built"] else "no-engine", "exit_code": 0,
+                "artifact": str(result.artifact), "package": result.manifest["package"],
+                "parity_max_abs": result.manifest["parity"]["max_abs"]}
+        if bundle_dir is not None:
+            row["bundle"] = write_bundle(result.artifact, bundle_dir).to_dict()
+    except EfexportError as exc:
+        row |= {"status": "failed", "exit_code": int(exc.exit_code), "stage": exc.stage, "error": str(exc)}
+        if console:
+            where = f"[{exc.stage}] " if exc.stage else ""
+            console.print(f"[bold red]{target} failed:[/] {escape(where + str(exc))}", highlight=False)
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+@app.command("all")
+def all_command(
+    variant: VariantOpt = None,
+    weights: WeightsOpt = None,
+    seed: SeedOpt = 0,
+    out: OutOpt = Path("artifacts"),
+    targets: Annotated[str, typer.Option("--targets", help="Comma-separated targets, each with its default "
+                                                           "recipe.")] = "onnx,coreml,tensorrt",
+    bundle_dir: Annotated[Path | None, typer.Option("--bundle-dir", help="Also write each package's reproducible "
+                                                    "bundle (.zip + .sha256) here.", show_default=False)] = None,
+    require_engine: Annotated[bool, typer.Option("--require-engine", help="TensorRT: fail (exit 9) when no engine "
+                                                 "can be built here.")] = False,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export one variant to every target (ONNX, Core ML, TensorRT), one after another; a failing target does not
+    stop the others. Exit 0 when every target wrote a verified package (a TensorRT package without an engine
+    counts, unless --require-engine); otherwise the exit code of the first failure."""
+    names = [name.strip() for name in targets.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TargetName.__members__]
+    if unknown or not names:
+        raise _fail(_usage(f"--targets {targets}: choose from {', '.join(TargetName.__members__)}"), as_json)
+    console = _stderr(quiet)
+    rows = []
+    try:
+        for name in names:
+            overrides = {"tensorrt.require_engine": True} if name == "tensorrt" and require_engine else {}
+            rows.append(_export_one(name, overrides, variant, weights, seed, out, force, console, bundle_dir))
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[bold red]interrupted[/]: the target in progress wrote nothing")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    failed = [row for row in rows if row["status"] == "failed"]
+    if as_json:
+        print(json.dumps({"status": "failed" if failed else "ok", "targets": rows}, indent=2))
+    if console:
+        table = Table("target", "status", "package", "seconds", title="efexport all", title_justify="left")
+        for row in rows:
+            where = row.get("artifact") or f"[{row.get('stage') or '-'}] {row['error']}"
+            table.add_row(row["target"], row["status"], escape(where), f"{row['seconds']:.1f}")
+        console.print(table)
+    if failed:
+        raise typer.Exit(failed[0]["exit_code"])
+
+
 @app.command("fold")
 def fold_command(
     variant: VariantOpt = None,
@@ -423,28 +498,80 @@ def fold_command(
 
 @app.command("verify")
 def verify_command(
-    path: Annotated[Path, typer.Argument(help="An artifact directory (the one holding manifest.json).")],
+    path: Annotated[Path, typer.Argument(help="A package directory (the one holding manifest.json) or its bundle "
+                                              "(.zip; its .sha256 beside it is checked too).")],
     threads: Annotated[int, typer.Option("--threads", min=1, help="Runtime threads for the parity re-run.")] = 2,
+    latency: Annotated[bool, typer.Option("--latency", help="Also time every deployment runtime present here (e.g. "
+                                                           "Core ML on macOS), in the manifests' schema.")] = False,
+    report_file: Annotated[Path | None, typer.Option("--report", help="Write the verification report (JSON) to "
+                                                     "this file.", show_default=False)] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-check a saved artifact: every file's sha256 against the manifest, then parity from reference_io.npz."""
-    from exporter.verify import verify_artifact
+    """Re-check a package or bundle anywhere: safe bundle members, the manifest against its schema, every file's
+    sha256, then parity from reference_io.npz on every runtime of the target present on this machine."""
+    from exporter.verify import verify_package
 
-    report = _run_guarded(as_json, lambda: verify_artifact(path, threads))
-    console = _stderr(quiet)
+    report = _run_guarded(as_json, lambda: verify_package(path, threads, latency))
+    document = json.dumps(report.to_dict(), indent=2)
+    if report_file is not None:
+        report_file.write_text(document + "\n")
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(document)
+    console = _stderr(quiet)
     if console:
         if report.passed:
             parity = report.parity
-            console.print(f"[green]verified[/] {path}: {report.files_checked} files match the manifest; parity "
-                          f"max abs {parity.max_abs:.2e}, min cosine {parity.min_cosine:.7f}")
+            console.print(f"[green]verified[/] {escape(str(path))}: {report.files_checked} files match the manifest; "
+                          f"parity max abs {parity.max_abs:.2e}, min cosine {parity.min_cosine:.7f}", highlight=False)
         else:
             for problem in report.problems:
                 console.print(f"[bold red]verify failed:[/] {escape(problem)}", highlight=False)
+        for backend, why in report.not_checked_here.items():
+            console.print(f"[yellow]not checked here:[/] {backend}: {escape(why)}", highlight=False)
+        for backend, parity in report.runtime_parity.items():
+            console.print(f"parity on {backend}: max abs {parity['max_abs']:.2e}, min cosine "
+                          f"{parity['min_cosine']:.7f}", highlight=False)
+        for entry in report.latency:
+            stats = entry["stats_ms"]
+            console.print(f"latency {entry['backend']} batch {entry['batch_size']}: p50 {stats['p50']:.2f} ms, "
+                          f"p90 {stats['p90']:.2f} ms", highlight=False)
     if not report.passed:
         raise typer.Exit(int(ExitCode.VERIFY_FAILED))
+
+
+@app.command("bundle")
+def bundle_command(
+    package: Annotated[Path, typer.Argument(help="A package directory, e.g. "
+                                                 "artifacts/efficientformer-l3/coreml-fp16.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the bundle goes.")] = Path("artifacts/bundles"),
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Runtime threads for the verification.")] = 2,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a package, then write it as one reproducible zip (same package, same bytes) with a sha256sum file:
+    OUT/efficientformer-VARIANT-TARGET-PRECISION.zip and .zip.sha256."""
+    from exporter.bundle import write_bundle
+
+    def work() -> Any:
+        _verified_or_fail(package, threads)
+        return write_bundle(package, out)
+
+    bundle = _run_guarded(as_json, work)
+    if as_json:
+        print(json.dumps(bundle.to_dict(), indent=2))
+    elif not quiet:
+        Console(stderr=True).print(f"[green]bundled[/] {escape(str(bundle.path))} ({bundle.bytes:,} bytes, sha256 "
+                                   f"{bundle.sha256})", highlight=False)
+
+
+def _verified_or_fail(package: Path, threads: int) -> None:
+    from exporter.errors import VerifyError
+    from exporter.verify import verify_package
+
+    report = verify_package(package, threads)
+    if not report.passed:
+        raise VerifyError(f"{package} does not verify: " + "; ".join(report.problems[:5]))
 
 
 @app.command("variants")
@@ -463,6 +590,65 @@ def variants_command(as_json: JsonOpt = False) -> None:
         table.add_row(r["variant"], str(r["widths"]), str(r["depths"]), str(r["mb3d_blocks"]),
                       f"{r['published_params_m']:.2f}", f"{r['published_gmacs']:.2f}")
     Console().print(table)
+
+
+def _latency_comparison_table(rows: list[dict]) -> Table:
+    table = Table("backend", "measured", "batch", "precision", "previous p50 (ms)", "p50 (ms)", "new / previous",
+                  title=f"latency against {rows[0]['previous_version']}", title_justify="left")
+    for r in rows:
+        table.add_row(r["backend"], r["measured"], str(r["batch_size"]), r["precision"], f"{r['previous_p50_ms']:.2f}",
+                      f"{r['p50_ms']:.2f}", f"{r['ratio']:.2f}x")
+    return table
+
+
+@app.command("publish")
+def publish_command(
+    path: Annotated[Path, typer.Argument(help="A package directory (the one holding manifest.json) or its bundle "
+                                              "(.zip).")],
+    to: Annotated[str, typer.Option("--to", help="Registry: a local directory or s3://BUCKET/PREFIX.",
+                                    show_default=False)],
+    version: Annotated[str | None, typer.Option("--version", help="Version to publish under (default: the efexport "
+                                                "version recorded in the package's manifest).",
+                                                show_default=False)] = None,
+    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="Endpoint of an S3-compatible store "
+                                                     "such as MinIO (default: $AWS_ENDPOINT_URL, else AWS).",
+                                                     show_default=False)] = None,
+    evidence: Annotated[list[Path] | None, typer.Option("--evidence", help="A JSON file stored with the package "
+                                                        "under evidence/ and listed in the index (repeatable).",
+                                                        show_default=False)] = None,
+    allow_random_weights: Annotated[bool, typer.Option("--allow-random-weights", help="Publish a package with "
+                                                       "random-init weights (refused otherwise).")] = False,
+    allow_no_engine: Annotated[bool, typer.Option("--allow-no-engine", help="Publish a TensorRT package whose "
+                                                  "engine was not built (refused otherwise).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a different package already published under "
+                                        "this version.")] = False,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Runtime threads for the parity re-run.")] = 2,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a package and publish it to a registry: bundle, manifest, model card and evidence under
+    MODEL/VERSION/TARGET/SHA256-PREFIX/, listed in index.json once every upload is read back and matches.
+
+    Publishing the same package again changes nothing. Exit code 10: refused (does not verify, a gate failed,
+    random weights, the version holds a different package); 11: the destination failed (unreachable, denied,
+    an upload did not verify).
+    """
+    from exporter.publish import open_store, publish
+
+    def work() -> Any:
+        store = open_store(to, endpoint_url)
+        return publish(path, store, version, allow_random_weights=allow_random_weights,
+                       allow_no_engine=allow_no_engine, force=force, evidence=evidence or (), threads=threads)
+
+    result = _run_guarded(as_json, work)
+    console = _stderr(quiet)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    if console:
+        console.print(f"[green]{result.status}[/] {result.model} {result.version} {result.target} -> "
+                      f"{escape(result.destination)} (sha256 {result.sha256[:12]})", highlight=False)
+        if result.latency_comparison:
+            console.print(_latency_comparison_table(list(result.latency_comparison)))
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ class ExitCode(IntEnum):
     STAGE_FAILED = 7  # a tool a stage wraps failed (exporter, simplifier, runtime)
     NO_ENGINE = 8  # TensorRT: the portable half was written, but no engine could be built here
     ENGINE_REQUIRED = 9  # TensorRT with --require-engine: no engine could be built here; nothing was written
+    PUBLISH_REFUSED = 10  # publish: the package may not be published (gates, random weights, version taken)
+    PUBLISH_FAILED = 11  # publish: the destination failed (unreachable, denied, upload did not verify)
     INTERRUPTED = 130
 
 
@@ -59,3 +61,11 @@ class VerifyError(EfexportError):
 
 class StageError(EfexportError):
     exit_code = ExitCode.STAGE_FAILED
+
+
+class PublishRefused(EfexportError):
+    exit_code = ExitCode.PUBLISH_REFUSED
+
+
+class PublishError(EfexportError):
+    exit_code = ExitCode.PUBLISH_FAILED

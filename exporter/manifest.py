@@ -11,9 +11,9 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_SCHEMA = "efexport.manifest/1"
+MANIFEST_SCHEMA = "efexport.manifest/2"
 REFERENCE_FILE = "reference_io.npz"
-_TRACKED_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "onnxslim")
+_TRACKED_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "onnxslim", "coremltools", "tensorrt")
 
 
 def sha256_of(path: Path) -> str:
@@ -26,13 +26,16 @@ def sha256_of(path: Path) -> str:
 
 @cache
 def _git_commit() -> str | None:
+    """The commit efexport runs from, with ``-dirty`` when tracked files differ from it (as git describe says)."""
     repo = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True)
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return (head + "-dirty" if changed else head) or None
 
 
 def tool_versions() -> dict[str, str | None]:
@@ -60,6 +63,15 @@ def metadata_entries(manifest: dict) -> dict[str, str]:
     they would have to include the file that carries them)."""
     return {f"efexport.{key}": value if isinstance(value, str) else json.dumps(value, sort_keys=True)
             for key, value in manifest.items() if key != "files"}
+
+
+# Measured timings differ on every run: kept out of the model file, so the same inputs give the same model bytes.
+VOLATILE_ENTRIES = ("efexport.latency", "efexport.latency_note")
+
+
+def model_file_entries(entries: dict[str, str]) -> dict[str, str]:
+    """The metadata entries that go inside a model file: all but the volatile ones (the manifest has those)."""
+    return {key: value for key, value in entries.items() if key not in VOLATILE_ENTRIES}
 
 
 def write_manifest(directory: Path, manifest: dict) -> Path:

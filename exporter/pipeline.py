@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 
 from exporter import interrupts
@@ -22,12 +21,12 @@ from exporter.errors import EfexportError, ParityError, StageError, UsageError
 from exporter.manifest import REFERENCE_FILE
 from exporter.output import check_destination, check_output_root, staged_output
 from exporter.recipes import Recipe
+from exporter.runtimes import measure_latency, runtime_parity
 from exporter.stages.capture import capture
 from exporter.stages.fold import fold_model, fold_probe
 from exporter.stages.load import load_model
 from exporter.stages.package import build_manifest, package
 from exporter.targets import TARGETS, Runner
-from validate.latency import LatencyReport, LatencyStats, host_fingerprint, time_calls
 from validate.parity import compare_outputs
 from validate.reference import ReferenceSet, build_reference_set
 
@@ -92,31 +91,10 @@ def artifact_dir(out_dir: Path, variant: str, target: str, precision: str) -> Pa
     return out_dir / f"efficientformer-{variant}" / f"{target}-{precision}"
 
 
-def _benchmark(runner: Runner, recipe: Recipe, inputs: np.ndarray) -> LatencyReport:
-    settings = recipe.latency
-    batch = settings.batch_size if runner.static_batch is None else runner.static_batch
-    batch_inputs = inputs[:1].repeat(batch, axis=0)
-    samples = time_calls(lambda: runner(batch_inputs), settings.warmup_runs, settings.timed_runs)
-    return LatencyReport(
-        backend=runner.backend, runtime_version=runner.runtime_version, measured="host_end_to_end",
-        precision=recipe.precision, batch_size=batch, threads=runner.threads, warmup_runs=settings.warmup_runs,
-        timed_runs=settings.timed_runs, stats_ms=LatencyStats.from_samples(samples), device=host_fingerprint(),
-    )
-
-
-def _accepted(runner: Runner, reference: ReferenceSet) -> list[int]:
-    """Indices of the reference inputs a runner can take (a Core ML image input cannot take noise tensors)."""
-    kinds = getattr(runner, "input_kinds", None)
-    return [i for i, kind in enumerate(reference.kinds) if kinds is None or kind in kinds]
-
-
-def _runtime_parity(runner: Runner, reference: ReferenceSet, recipe: Recipe) -> dict:
-    keep = _accepted(runner, reference)
-    if not keep:
+def _gated_parity(runner: Runner, reference: ReferenceSet, recipe: Recipe) -> dict:
+    report = runtime_parity(runner, reference, recipe)
+    if report is None:
         raise ParityError(f"{runner.backend}: none of the reference inputs is of a kind it takes")
-    tolerances = recipe.tolerances(getattr(runner, "precision", None))
-    report = compare_outputs(runner(reference.inputs[keep]), reference.outputs[keep],
-                             tuple(reference.kinds[i] for i in keep), tolerances)
     if not report.passed:
         raise ParityError(f"parity gate failed on {runner.backend}: " + "; ".join(report.failures[:5]))
     return report.to_dict()
@@ -161,14 +139,12 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
                 image = reference.kinds.index("image") if "image" in reference.kinds else 0
                 (staging / TRACE_FILE).write_text(json.dumps(runner.trace(reference.inputs[image]), indent=1) + "\n")
             extra_runtimes = target.extra_runtimes(exported.path, recipe)  # e.g. Core ML itself, on macOS
-            runtime_parity = {r.backend: _runtime_parity(r, reference, recipe) for r in extra_runtimes}
+            runtime_parity = {r.backend: _gated_parity(r, reference, recipe) for r in extra_runtimes}
         runtimes = [runner] if getattr(runner, "is_deployment_runtime", True) else []  # a reference is not timed
         runtimes += extra_runtimes
         timed = ", ".join(r.backend for r in runtimes) or f"nothing: {target.latency_unavailable}"
         with reporter.stage("benchmark", f"{recipe.latency.timed_runs} timed runs on {timed}"):
-            latency = [report for r in runtimes for report in (
-                r.latency_reports(recipe) if hasattr(r, "latency_reports")  # e.g. per profile batch, on a GPU
-                else [_benchmark(r, recipe, reference.inputs[_accepted(r, reference)])])]
+            latency = [report for r in runtimes for report in measure_latency(r, recipe, reference)]
         with reporter.stage("package", "manifest, metadata, verification"):
             extras = {"runtime_parity": runtime_parity} if runtime_parity else {}
             if not latency:

@@ -1,14 +1,25 @@
-"""Re-checking a saved artifact anywhere: file hashes against its manifest, then parity from reference_io.npz."""
+"""Re-checking a package anywhere: a package directory or its bundle.
+
+In order: the bundle's members are safe and its ``.sha256`` sidecar matches (bundles only); the manifest
+follows its JSON Schema; every file's sha256 matches the manifest; the model reproduces
+``reference_io.npz`` within the recorded tolerances on the package's own runtime (ONNX Runtime, the Core ML
+reference interpreter, ONNX Runtime on TensorRT's prepared graph); and on every other runtime of the target
+present on this machine (Core ML on macOS, the TensorRT engine where TensorRT and a GPU exist). With
+``latency`` each deployment runtime present is also timed, in the manifests' latency schema.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from exporter.bundle import checksum_problems, is_bundle, opened_bundle
 from exporter.errors import VerifyError
 from exporter.manifest import MANIFEST_FILE, REFERENCE_FILE, file_table, read_manifest
-from exporter.recipes import Tolerances
-from exporter.targets import TARGETS, Runner
+from exporter.manifest_schema import schema_problems
+from exporter.recipes import Recipe, Tolerances
+from exporter.runtimes import measure_latency, runtime_parity
+from exporter.targets import TARGETS
 from validate.parity import ParityReport, compare_outputs
 from validate.reference import ReferenceSet
 
@@ -20,6 +31,10 @@ class VerifyReport:
     problems: tuple[str, ...]
     files_checked: int
     parity: ParityReport | None
+    package: dict = field(default_factory=dict)  # the manifest's package block: name, deployable, why not
+    runtime_parity: dict[str, dict] = field(default_factory=dict)  # other runtimes present here
+    not_checked_here: dict[str, str] = field(default_factory=dict)  # runtimes absent here, and why
+    latency: list[dict] = field(default_factory=list)  # with latency=True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,35 +49,83 @@ def _file_problems(directory: Path, recorded: dict) -> list[str]:
     return problems
 
 
-def _runner_for(directory: Path, manifest: dict, threads: int) -> Runner:
-    fmt = manifest.get("target", {}).get("format")
+def _other_runtimes(target, model_path: Path, recipe: Recipe) -> tuple[list, dict[str, str]]:
+    """The target's runtimes besides the parity runner that exist here; for those that do not, the reason."""
+    try:
+        runners = target.extra_runtimes(model_path, recipe)
+    except ImportError as exc:  # e.g. a model.plan on a machine without TensorRT
+        return [], {target.name: f"runtime not installed here: {exc}"}
+    if not runners and target.latency_unavailable:
+        return [], {target.name: target.latency_unavailable}
+    return runners, {}
+
+
+def _check_runtimes(directory: Path, manifest: dict, threads: int, latency: bool) -> tuple[list[str], dict]:
+    """Parity on every runtime present here (and latency if asked); problems and the report's fields."""
+    fmt = manifest["target"]["format"]
     if fmt not in TARGETS:
         raise VerifyError(f"{directory}: no runtime on this machine for target format {fmt!r}")
-    return TARGETS[fmt].open_runner(directory / manifest["target"]["model_file"], threads)
+    target = TARGETS[fmt]
+    model_path = directory / manifest["target"]["model_file"]
+    reference = ReferenceSet.load(directory / REFERENCE_FILE)
+    recipe = Recipe.model_validate(manifest["recipe"]["values"])
+    runner = target.open_runner(model_path, threads)
+    tolerances = Tolerances.model_validate(manifest["parity"]["tolerances"])
+    parity = compare_outputs(runner(reference.inputs), reference.outputs, reference.kinds, tolerances)
+    problems = [f"parity: {failure}" for failure in parity.failures]
+    others, not_checked = _other_runtimes(target, model_path, recipe)
+    fields: dict = {"parity": parity, "runtime_parity": {}, "not_checked_here": not_checked, "latency": []}
+    for other in others:
+        report = runtime_parity(other, reference, recipe)
+        if report is None:
+            problems.append(f"{other.backend}: takes none of the reference inputs")
+            continue
+        fields["runtime_parity"][other.backend] = report.to_dict()
+        problems += [f"parity on {other.backend}: {failure}" for failure in report.failures]
+    if latency:
+        timed = ([runner] if getattr(runner, "is_deployment_runtime", True) else []) + others
+        fields["latency"] = [r.to_dict() for t in timed for r in measure_latency(t, recipe, reference)]
+    return problems, fields
 
 
-def verify_artifact(directory: Path, threads: int = 2) -> VerifyReport:
-    """Raise VerifyError when the directory is not an artifact at all; otherwise report what fails."""
+def verify_artifact(directory: Path, threads: int = 2, latency: bool = False) -> VerifyReport:
+    """Raise VerifyError when the directory is not a package at all; otherwise report everything that fails."""
     directory = Path(directory)
     if not directory.is_dir():
         raise VerifyError(f"{directory}: not a directory")
     manifest = read_manifest(directory)
-    problems = _file_problems(directory, manifest.get("files", {}))
-    parity = None
-    model_file = manifest.get("target", {}).get("model_file", "")
+    problems = [f"manifest: {p}" for p in schema_problems(manifest)]
+    recorded = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    problems += _file_problems(directory, recorded)
+    fields: dict = {"parity": None}
+    target = manifest.get("target") if isinstance(manifest.get("target"), dict) else {}
+    model_file = target.get("model_file", "")
     # Parity runs even when a hash differs: a changed model must also be caught by what it computes.
     if model_file and (directory / model_file).exists() and (directory / REFERENCE_FILE).is_file():
         try:
-            reference = ReferenceSet.load(directory / REFERENCE_FILE)
-            tolerances = Tolerances.model_validate(manifest["parity"]["tolerances"])
-            runner = _runner_for(directory, manifest, threads)
-            parity = compare_outputs(runner(reference.inputs), reference.outputs, reference.kinds, tolerances)
-            problems += [f"parity: {failure}" for failure in parity.failures]
+            runtime_problems, fields = _check_runtimes(directory, manifest, threads, latency)
+            problems += runtime_problems
         except VerifyError:
             raise
-        except Exception as exc:  # a damaged model or reference file: a failed verification, not a crash
+        except Exception as exc:  # a damaged model, reference or manifest: a failed verification, not a crash
             problems.append(f"parity: could not run the model on the reference inputs: {type(exc).__name__}: {exc}")
-    return VerifyReport(str(directory), not problems, tuple(problems), len(manifest.get("files", {})) + 1, parity)
+    package = manifest.get("package") if isinstance(manifest.get("package"), dict) else {}
+    return VerifyReport(str(directory), not problems, tuple(problems), len(recorded) + 1, package=package, **fields)
 
 
-__all__ = ["MANIFEST_FILE", "VerifyReport", "verify_artifact"]
+def verify_package(path: Path, threads: int = 2, latency: bool = False) -> VerifyReport:
+    """Verify a package directory or a bundle (.zip, extracted privately after its members are checked)."""
+    path = Path(path)
+    if not is_bundle(path):
+        return verify_artifact(path, threads, latency)
+    sidecar = checksum_problems(path) if path.is_file() else []
+    with opened_bundle(path) as directory:
+        report = verify_artifact(directory, threads, latency)
+        name = report.package.get("name")
+        if name and directory.name != name:
+            sidecar.append(f"bundle folder {directory.name!r} does not match the package name {name!r}")
+    problems = (*sidecar, *report.problems)
+    return replace(report, path=str(path), passed=not problems, problems=problems)
+
+
+__all__ = ["MANIFEST_FILE", "VerifyReport", "verify_artifact", "verify_package"]

@@ -78,9 +78,10 @@ def test_l1_parity_is_measured_against_unfolded_pytorch(l1_artifact: tuple[Path,
 def test_l1_metadata_props_carry_the_manifest_facts(l1_artifact: tuple[Path, dict]) -> None:
     path, manifest = l1_artifact
     metadata = read_metadata(path / "model.onnx")
-    for key in ("model", "weights", "preprocessing", "inputs", "outputs", "parity", "latency", "versions", "recipe"):
+    for key in ("model", "weights", "preprocessing", "inputs", "outputs", "parity", "versions", "recipe", "package"):
         assert json.loads(metadata[f"efexport.{key}"]) == manifest[key]
     assert "efexport.files" not in metadata
+    assert "efexport.latency" not in metadata  # measured per run: only in the manifest, so the model is reproducible
 
 
 def test_l1_latency_block(l1_artifact: tuple[Path, dict]) -> None:

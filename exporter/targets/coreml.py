@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from exporter.errors import InputSpecError
+from exporter.manifest import model_file_entries
 from exporter.preprocessing import IMAGENET
 from exporter.recipes import Recipe
 from exporter.stages.capture import CapturedGraph
@@ -175,6 +178,30 @@ def normalised_to_pixels(inputs: np.ndarray) -> np.ndarray:
     return ((inputs.astype(np.float64) * std + mean) * 255).astype(np.float32)
 
 
+def stable_package_identifiers(package: Path) -> bool:
+    """Replace the random UUIDs coremltools gives the items of an .mlpackage by ones derived from each item's
+    path, so converting the same model twice gives the same bytes. Identifiers only need to be unique within
+    the package. Returns whether anything changed.
+
+    Manifest.json before: {"itemInfoEntries": {"<random uuid4>": {"path": "com.apple.CoreML/model.mlmodel"..}},
+                           "rootModelIdentifier": "<the same random uuid4>"}
+    after:                 the same, with uuid5(efexport namespace, item path) in both places
+    """
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    renamed = {old: str(uuid.uuid5(_PACKAGE_NAMESPACE, entry["path"]))
+               for old, entry in manifest["itemInfoEntries"].items()}
+    if all(old == new for old, new in renamed.items()):
+        return False
+    manifest["itemInfoEntries"] = {renamed[old]: entry for old, entry in manifest["itemInfoEntries"].items()}
+    manifest["rootModelIdentifier"] = renamed.get(manifest["rootModelIdentifier"], manifest["rootModelIdentifier"])
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True))
+    return True
+
+
+_PACKAGE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://efexport.invalid/mlpackage-items")
+
+
 class MilInterpreterRunner:
     """Runs the saved ML Program with efexport's reference interpreter (validate.mil_interpreter), one input at a
     time, and keeps the largest |activation| of every op over all calls (FP16 headroom)."""
@@ -271,6 +298,7 @@ class CoreMLTarget:
         path = staging / MODEL_FILE
         with quiet_coremltools():
             mlmodel.save(str(path))
+        stable_package_identifiers(path)
         image_size = captured.example.shape[-1]
         interface = {
             "inputs": [{"name": INPUT_NAME, "type": "image RGB, pixels 0-255", "shape": [1, 3, image_size, image_size],
@@ -303,7 +331,7 @@ class CoreMLTarget:
 
     def embed_metadata(self, path: Path, entries: dict[str, str]) -> None:
         facts = _metadata_facts(entries)
-        set_metadata(path, facts, entries)
+        set_metadata(path, facts, model_file_entries(entries))
 
 
 def _metadata_facts(entries: dict[str, str]) -> dict[str, str]:

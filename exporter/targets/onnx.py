@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import torch
 
+from exporter.manifest import model_file_entries
 from exporter.recipes import Recipe
 from exporter.stages.capture import CapturedGraph
 from exporter.targets.base import ExportedModel
@@ -132,4 +133,4 @@ class OnnxTarget:
         return []  # the parity runner is ONNX Runtime itself
 
     def embed_metadata(self, path: Path, entries: dict[str, str]) -> None:
-        set_metadata(path, entries)
+        set_metadata(path, model_file_entries(entries))

@@ -18,7 +18,7 @@ import onnx
 import tomllib
 
 from exporter.errors import EfexportError, ExitCode
-from exporter.manifest import sha256_of
+from exporter.manifest import model_file_entries, sha256_of
 from exporter.recipes import Recipe
 from exporter.stages.capture import CapturedGraph
 from exporter.targets.base import ExportedModel
@@ -158,7 +158,7 @@ class TensorRTTarget:
     def embed_metadata(self, path: Path, entries: dict[str, str]) -> None:
         """ONNX metadata_props, and engine.json beside the files: never a header on the plan, which stock
         ``trtexec --loadEngine`` must still load."""
-        set_metadata(path, entries)
+        set_metadata(path, model_file_entries(entries))
         target = json.loads(entries["efexport.target"])
         sidecar = {
             "schema": "efexport.tensorrt-engine/1",

@@ -1,0 +1,46 @@
+"""What the pipeline and ``verify`` both do with a runtime: pick the inputs it takes, check its parity, time it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from exporter.recipes import Recipe
+from exporter.targets import Runner
+from validate.latency import LatencyReport, LatencyStats, host_fingerprint, time_calls
+from validate.parity import ParityReport, compare_outputs
+from validate.reference import ReferenceSet
+
+
+def accepted_inputs(runner: Runner, reference: ReferenceSet) -> list[int]:
+    """Indices of the reference inputs a runner can take (a Core ML image input cannot take noise tensors)."""
+    kinds = getattr(runner, "input_kinds", None)
+    return [i for i, kind in enumerate(reference.kinds) if kinds is None or kind in kinds]
+
+
+def runtime_parity(runner: Runner, reference: ReferenceSet, recipe: Recipe) -> ParityReport | None:
+    """The runner's outputs against the reference at its precision's tolerances; None if it takes no input."""
+    keep = accepted_inputs(runner, reference)
+    if not keep:
+        return None
+    tolerances = recipe.tolerances(getattr(runner, "precision", None))
+    return compare_outputs(runner(reference.inputs[keep]), reference.outputs[keep],
+                           tuple(reference.kinds[i] for i in keep), tolerances)
+
+
+def _host_latency(runner: Runner, recipe: Recipe, inputs: np.ndarray) -> LatencyReport:
+    settings = recipe.latency
+    batch = settings.batch_size if runner.static_batch is None else runner.static_batch
+    batch_inputs = inputs[:1].repeat(batch, axis=0)
+    samples = time_calls(lambda: runner(batch_inputs), settings.warmup_runs, settings.timed_runs)
+    return LatencyReport(
+        backend=runner.backend, runtime_version=runner.runtime_version, measured="host_end_to_end",
+        precision=recipe.precision, batch_size=batch, threads=runner.threads, warmup_runs=settings.warmup_runs,
+        timed_runs=settings.timed_runs, stats_ms=LatencyStats.from_samples(samples), device=host_fingerprint(),
+    )
+
+
+def measure_latency(runner: Runner, recipe: Recipe, reference: ReferenceSet) -> list[LatencyReport]:
+    """The runner's own latency reports (e.g. per profile batch, on a GPU), or host end-to-end timing."""
+    if hasattr(runner, "latency_reports"):
+        return runner.latency_reports(recipe)
+    return [_host_latency(runner, recipe, reference.inputs[accepted_inputs(runner, reference)])]

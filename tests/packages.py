@@ -1,0 +1,39 @@
+"""Real packages for the manifest-schema and model-card tests: each target exported once per test session.
+
+The pipeline runs for real (variant l1, random-init weights, the shipped recipe with the shortest latency run it
+allows); the result is shared by every test module that asks for the same target, so the schema and the card
+are checked against manifests the code writes today, never against stored samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from exporter.manifest import MANIFEST_FILE
+from exporter.pipeline import ExportRequest, StageReporter, run_export
+from exporter.recipes import apply_overrides, default_recipe_path, load_recipe
+
+TARGETS = ("onnx", "coreml", "tensorrt")
+FAST_LATENCY = {"latency.warmup_runs": 1, "latency.timed_runs": 20}  # 20: the fewest timed runs a recipe allows
+
+_EXPORTED: dict[str, tuple[Path, dict]] = {}
+
+
+def exported_package(target: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """(package directory, manifest as read back from its manifest.json) of an l1 export to ``target``.
+
+    TensorRT writes its portable half without an engine where TensorRT or a GPU is missing, and builds one where
+    both exist; either way the export returns a package."""
+    if target not in _EXPORTED:
+        recipe, _ = load_recipe(default_recipe_path(target))
+        recipe = apply_overrides(recipe, FAST_LATENCY)
+        request = ExportRequest(variant="l1", weights=None, seed=0, out_dir=tmp_path_factory.mktemp(f"pkg-{target}"),
+                                recipe=recipe, recipe_source=str(default_recipe_path(target)))
+        artifact = run_export(request, StageReporter(None)).artifact
+        _EXPORTED[target] = artifact, json.loads((artifact / MANIFEST_FILE).read_text())
+    path, manifest = _EXPORTED[target]
+    return path, copy.deepcopy(manifest)  # tests edit their copy freely

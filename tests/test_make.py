@@ -1,0 +1,42 @@
+"""``make all``: packages and bundles per variant x platform, redone only when their inputs change."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not (REPO / ".venv" / ".installed").exists(),
+                                reason="make all runs .venv/bin/efexport: run `make setup` (make test does) first")
+
+
+def make(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-C", str(REPO), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_make_all_builds_bundles_incrementally(tmp_path: Path) -> None:
+    recipe = tmp_path / "onnx.toml"
+    shutil.copy(REPO / "recipes" / "onnx.toml", recipe)
+    settings = [f"OUT={tmp_path / 'out'}", "VARIANTS=l1", "PLATFORMS=onnx", f"RECIPE_onnx={recipe}",
+                "ARGS=--static-batch"]
+    built = make("-j2", "all", *settings)
+    assert built.returncode == 0, built.stdout + built.stderr
+    bundle = tmp_path / "out" / "bundles" / "efficientformer-l1-onnx-fp32.zip"
+    manifest = tmp_path / "out" / "efficientformer-l1" / "onnx-fp32" / "manifest.json"
+    assert bundle.is_file() and (bundle.parent / (bundle.name + ".sha256")).is_file()
+    assert make("-q", "all", *settings).returncode == 0  # up to date: nothing would be redone
+    unchanged = make("all", *settings)
+    assert "efexport" not in unchanged.stdout, unchanged.stdout
+
+    before = manifest.stat().st_mtime_ns
+    later = bundle.stat().st_mtime + 5
+    os.utime(recipe, (later, later))  # an edited recipe
+    assert make("-q", "all", *settings).returncode == 1
+    rebuilt = make("all", *settings)
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "efexport onnx" in rebuilt.stdout and "efexport bundle" in rebuilt.stdout
+    assert manifest.stat().st_mtime_ns > before
