@@ -166,7 +166,7 @@ def _title(manifest: dict) -> str:
                                                     else " (no git commit recorded)")
     paragraph = (
         f"The {model['family']} {model['version']} image classifier, variant {model['variant']} "
-        f"({model['parameters']:,} parameters counted in the exported model, {model['num_classes']} classes: "
+        f"({model['parameters']:,} parameters counted before folding, {model['num_classes']} classes: "
         f"{model['class_labels']}), exported to {what}. Model file {_code(target['model_file'])}, {precision} "
         "precision. "
         f"Package {_code(manifest['package']['name'])}, made by {made_by}. Everything below comes from this "
@@ -338,7 +338,7 @@ def _usage(manifest: dict) -> str:
         plan = engine.get("plan_file", "model.plan")
         options = target.get("build_options") or {}
         profile = options.get("profile")
-        batch = profile["opt"] if profile else 1
+        batch = profile["opt"] if profile else None
         size = manifest["preprocessing"]["center_crop"]
         script = ("./build_engine.sh" if "build_engine.sh" in manifest.get("files", {})
                   else " ".join(target.get("trtexec", ["trtexec"])))
@@ -349,7 +349,8 @@ def _usage(manifest: dict) -> str:
         else:
             first = "No engine is in this package: build it on the serving GPU (TensorRT's `trtexec` on PATH):"
         shell = [f"{script}   # writes {plan} from {model_file} with the recorded build options",
-                 f"trtexec --loadEngine={plan} --shapes={input_name}:{batch}x3x{size}x{size}   # a quick run"]
+                 f"trtexec --loadEngine={plan}" + (f" --shapes={input_name}:{batch}x3x{size}x{size}" if profile else "")
+                 + "   # a quick run"]
         names = ", ".join(f"input {_code(s['name'])} {s['dtype']} {_shape(s['shape'])}" for s in manifest["inputs"])
         names += "; " + ", ".join(f"output {_code(s['name'])} {s['dtype']} {_shape(s['shape'])}"
                                   for s in manifest["outputs"])
@@ -467,7 +468,7 @@ def _published(manifest: dict) -> str:
     published = model["published"]
     latency = published["latency_ms"]
     rows = [("parameters", f"{_plain(published['params_m'])} M",
-             f"{model['parameters'] / 1e6:.2f} M counted in this package's model"),
+             f"{model['parameters'] / 1e6:.2f} M counted (before folding)"),
             ("compute", f"{_plain(published['gmacs'])} GMACs", "not measured"),
             ("ImageNet-1k top-1", f"{_plain(published['imagenet_top1_percent'])} %", "not measured"),
             ("latency", f"{_plain(latency['value'])} ms on {latency['device']} ({latency['runtime']})",

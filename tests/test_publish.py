@@ -429,6 +429,42 @@ def test_interrupted_force_replace_keeps_the_old_package(make_store: Callable[[]
         listed, other = other, listed
 
 
+class Racing(Recording):
+    """Another publisher lists a package between this publish's read of the index and its write."""
+
+    raced = False
+
+    def swap_index(self, data: bytes, token: str | None) -> object:
+        if not self.raced:
+            self.raced = True
+            current, current_token = self.inner.read_index()
+            index = json.loads(current) if current else {"schema": INDEX_SCHEMA, "packages": {}}
+            index["packages"]["efficientformer-l7"] = {"2.0.0": {"onnx-fp32": {"sha256": "0" * 64, "objects": {}}}}
+            assert self.inner.swap_index(json.dumps(index).encode(), current_token)
+        return super().swap_index(data, token)
+
+
+def test_index_is_swapped_with_compare_and_swap(make_store: Callable[[], Store], bundles: tuple[Bundle, Bundle],
+                                                verify_once: None) -> None:
+    store = make_store()
+    assert store.read_index() == (None, None)
+    assert store.swap_index(b"first", None)
+    assert not store.swap_index(b"second", None)  # there is an index now: creating one fails
+    data, token = store.read_index()
+    assert data == b"first" and token is not None
+    assert store.swap_index(b"second", token)
+    assert not store.swap_index(b"third", token)  # stale: someone wrote since that read
+    assert store.read_index()[0] == b"second"
+
+    store = make_store()
+    racing = Racing(store)
+    assert _publish(bundles[0].path, racing).status == "published"
+    assert [op for op, _ in racing.writes].count("index") == 2  # lost the race once, re-read, retried
+    packages = read_index(store)["packages"]
+    assert set(packages) == {MODEL, "efficientformer-l7"}  # neither publisher's entry was lost
+    assert packages[MODEL]["1.0.0"][TARGET]["sha256"] == bundles[0].sha256
+
+
 def test_upload_that_does_not_verify_is_never_listed(make_store: Callable[[], Store],
                                                      bundles: tuple[Bundle, Bundle], verify_once: None) -> None:
     folder = f"{MODEL}/1.0.0/{TARGET}/{bundles[0].sha256[:16]}"
@@ -492,6 +528,7 @@ def test_cli_publish_to_a_directory_then_refuse_a_conflict(packages: tuple[Path,
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["status"] == "published" and result["sha256"] == bundles[0].sha256
+    assert f"published {MODEL} 1.0.0 {TARGET} -> {registry}" in " ".join(done.stderr.split())
     index = json.loads((registry / INDEX_KEY).read_text())
     assert index["packages"][MODEL]["1.0.0"][TARGET]["folder"] == result["folder"]
     assert (registry / result["folder"] / f"{NAME}.zip").read_bytes() == bundles[0].path.read_bytes()
