@@ -2,7 +2,8 @@
 
 Console output (progress, warnings, errors) goes to stderr; ``--json`` prints one JSON document on stdout.
 Exit codes: see ``exporter.errors.ExitCode`` (0 ok, 2 usage, 3 bad input, 4 output, 5 parity, 6 verify,
-7 stage failed, 8 TensorRT without an engine, 9 engine required but impossible, 130 interrupted, 1 internal error).
+7 stage failed, 8 TensorRT without an engine, 9 engine required but impossible, 10 publish refused, 11 publish
+failed, 130 interrupted, 1 internal error).
 """
 
 from __future__ import annotations
