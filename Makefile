@@ -73,7 +73,7 @@ tensorrt: $(STAMP)
 	$(BIN)/efexport tensorrt --variant $(VARIANT) --out $(OUT) --force $(ARGS) || test $$? -eq 8
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -21,6 +21,8 @@ from exporter.verify import verify_package
 from tests.helpers import run_cli
 from tests.packages import FAST_LATENCY, exported_package
 
+pytestmark = pytest.mark.xdist_group("l1-packages")  # one worker exports the shared packages once
+
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -40,6 +40,7 @@ def test_export_prints_machine_readable_result(exported: tuple[Path, dict]) -> N
     assert set(summary["stage_seconds"]) == {"load", "reference", "fold", "capture", "export", "validate",
                                              "benchmark", "package"}
     assert artifact_names(out) == ["efficientformer-l1", "efficientformer-l1/onnx-fp32",
+                                   "efficientformer-l1/onnx-fp32/README.md",
                                    "efficientformer-l1/onnx-fp32/manifest.json",
                                    "efficientformer-l1/onnx-fp32/model.onnx",
                                    "efficientformer-l1/onnx-fp32/reference_io.npz"]
@@ -59,7 +60,7 @@ def test_verify_passes_on_a_fresh_artifact(exported: tuple[Path, dict]) -> None:
     result = run_cli("verify", artifact, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["passed"] and report["files_checked"] == 3 and report["parity"]["max_abs"] <= 1e-4
+    assert report["passed"] and report["files_checked"] == 4 and report["parity"]["max_abs"] <= 1e-4
 
 
 def test_verify_detects_a_modified_model(exported: tuple[Path, dict], tmp_path: Path) -> None:

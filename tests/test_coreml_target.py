@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from exporter.errors import ExitCode, InputSpecError, RecipeError
 from exporter.manifest import MANIFEST_FILE, sha256_of
 from exporter.pipeline import TRACE_FILE, ExportRequest, StageReporter, run_export
 from exporter.recipes import apply_overrides, default_recipe_path, load_recipe
-from exporter.targets.coreml import import_coremltools, read_labels, read_metadata
+from exporter.targets.coreml import import_coremltools, read_labels, read_metadata, stable_package_identifiers
 from tests.helpers import run_cli
 from validate.mil_interpreter import load_program
 
@@ -87,6 +88,23 @@ def test_verify_reruns_the_interpreter_parity(fp16_artifact: tuple[Path, dict]) 
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["passed"] and report["parity"]["min_cosine"] >= 0.9995
+    assert "Core ML runs only on macOS" in report["not_checked_here"]["coreml"]  # said, not silently skipped
+
+
+def test_package_item_identifiers_are_derived_not_random(fp16_artifact: tuple[Path, dict], tmp_path: Path) -> None:
+    artifact, _ = fp16_artifact
+    package = shutil.copytree(artifact / "model.mlpackage", tmp_path / "model.mlpackage")
+    items = json.loads((package / "Manifest.json").read_text())
+    by_path = {entry["path"]: identifier for identifier, entry in items["itemInfoEntries"].items()}
+    assert set(by_path) == {"com.apple.CoreML/model.mlmodel", "com.apple.CoreML/weights"}
+    assert items["rootModelIdentifier"] == by_path["com.apple.CoreML/model.mlmodel"]
+    assert not stable_package_identifiers(package)  # already stable: nothing left to change
+    items["itemInfoEntries"] = {str(uuid.uuid4()): entry for entry in items["itemInfoEntries"].values()}
+    items["rootModelIdentifier"] = next(identifier for identifier, entry in items["itemInfoEntries"].items()
+                                        if entry["path"].endswith("model.mlmodel"))  # as coremltools writes it
+    (package / "Manifest.json").write_text(json.dumps(items))
+    assert stable_package_identifiers(package)
+    assert (package / "Manifest.json").read_bytes() == (artifact / "model.mlpackage" / "Manifest.json").read_bytes()
 
 
 def _corrupt_weights(artifact: Path, copy_to: Path) -> Path:

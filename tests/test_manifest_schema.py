@@ -14,6 +14,8 @@ from exporter.manifest import MANIFEST_SCHEMA
 from exporter.manifest_schema import SCHEMA_FILE, SCHEMA_ID, check_manifest, manifest_schema, schema_problems
 from tests.packages import TARGETS, exported_package
 
+pytestmark = pytest.mark.xdist_group("l1-packages")  # one worker exports the shared packages once
+
 SHA = "0123456789abcdef" * 4
 
 

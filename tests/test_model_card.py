@@ -12,6 +12,8 @@ import pytest
 from exporter.model_card import CARD_FILE, model_card
 from tests.packages import TARGETS, exported_package
 
+pytestmark = pytest.mark.xdist_group("l1-packages")  # one worker exports the shared packages once
+
 SHA = "0123456789abcdef" * 4
 TITLES = {"onnx": "# EfficientFormer-L1 — ONNX (fp32)", "coreml": "# EfficientFormer-L1 — Core ML ML Program (fp16)",
           "tensorrt": "# EfficientFormer-L1 — TensorRT (fp16)"}

@@ -18,6 +18,7 @@ from exporter.recipes import Recipe, apply_overrides
 from exporter.stages.load import load_model
 from exporter.targets.onnx import read_metadata
 from exporter.verify import verify_artifact
+from tests.packages import exported_package
 from validate.reference import ReferenceSet
 
 
@@ -28,11 +29,12 @@ def export(recipe: Recipe, out: Path, variant: str = "l1", weights: Path | None 
     return run_export(request, StageReporter(None)).manifest
 
 
+SHARED_PACKAGES = pytest.mark.xdist_group("l1-packages")  # on the worker that exports the shared packages
+
+
 @pytest.fixture(scope="module")
-def l1_artifact(tmp_path_factory: pytest.TempPathFactory, fast_recipe: Recipe) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("l1")
-    manifest = export(fast_recipe, out)
-    return out / "efficientformer-l1" / "onnx-fp32", manifest
+def l1_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    return exported_package("onnx", tmp_path_factory)  # shared with other modules: tests here only read it
 
 
 @pytest.mark.parametrize("variant", ["l3", "l7"])
@@ -44,9 +46,10 @@ def test_larger_variants_pass_parity(tmp_path: Path, fast_recipe: Recipe, varian
     assert "Gather" not in manifest["target"]["op_counts"]
 
 
+@SHARED_PACKAGES
 def test_l1_artifact_contents(l1_artifact: tuple[Path, dict]) -> None:
     path, manifest = l1_artifact
-    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.onnx", "reference_io.npz"]
+    assert sorted(p.name for p in path.iterdir()) == ["README.md", "manifest.json", "model.onnx", "reference_io.npz"]
     assert json.loads((path / "manifest.json").read_text()) == manifest
     assert manifest["weights"] == {"source": "random-init", "seed": 0}
     assert manifest["files"] == file_table(path)
@@ -61,6 +64,7 @@ def test_l1_artifact_contents(l1_artifact: tuple[Path, dict]) -> None:
     assert not ops & {"Gather", "Identity", "BatchNormalization"}
 
 
+@SHARED_PACKAGES
 def test_l1_parity_is_measured_against_unfolded_pytorch(l1_artifact: tuple[Path, dict]) -> None:
     path, manifest = l1_artifact
     reference = ReferenceSet.load(path / "reference_io.npz")
@@ -75,6 +79,7 @@ def test_l1_parity_is_measured_against_unfolded_pytorch(l1_artifact: tuple[Path,
     assert len(manifest["parity"]["per_input"]) == 8
 
 
+@SHARED_PACKAGES
 def test_l1_metadata_props_carry_the_manifest_facts(l1_artifact: tuple[Path, dict]) -> None:
     path, manifest = l1_artifact
     metadata = read_metadata(path / "model.onnx")
@@ -84,6 +89,7 @@ def test_l1_metadata_props_carry_the_manifest_facts(l1_artifact: tuple[Path, dic
     assert "efexport.latency" not in metadata  # measured per run: only in the manifest, so the model is reproducible
 
 
+@SHARED_PACKAGES
 def test_l1_latency_block(l1_artifact: tuple[Path, dict]) -> None:
     (latency,) = l1_artifact[1]["latency"]
     assert latency["schema"] == "efexport.latency/1"
@@ -93,6 +99,7 @@ def test_l1_latency_block(l1_artifact: tuple[Path, dict]) -> None:
     assert latency["device"]["cpu"] and latency["runtime_version"] == ort.__version__
 
 
+@SHARED_PACKAGES
 def test_verify_passes_then_detects_tampering(l1_artifact: tuple[Path, dict], tmp_path: Path) -> None:
     path, _ = l1_artifact
     assert verify_artifact(path).passed

@@ -41,6 +41,9 @@ from exporter.publish import (
 from exporter.recipes import Recipe
 from exporter.verify import verify_package
 from tests.helpers import run_cli
+from tests.packages import exported_package
+
+pytestmark = pytest.mark.xdist_group("l1-packages")  # one worker exports the shared packages once
 
 BUCKET = "efexport-registry"
 MODEL, TARGET, NAME = "efficientformer-l1", "onnx-fp32", "efficientformer-l1-onnx-fp32"
@@ -114,7 +117,7 @@ def _export(recipe: Recipe, out: Path, seed: int) -> Path:
 def packages(tmp_path_factory: pytest.TempPathFactory, fast_recipe: Recipe) -> tuple[Path, Path]:
     """Two packages with the same name and different weights (random-init, seeds 0 and 1)."""
     root = tmp_path_factory.mktemp("packages")
-    return _export(fast_recipe, root / "a", seed=0), _export(fast_recipe, root / "b", seed=1)
+    return exported_package("onnx", tmp_path_factory)[0], _export(fast_recipe, root / "b", seed=1)
 
 
 @pytest.fixture(scope="module")

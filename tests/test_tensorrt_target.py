@@ -54,7 +54,8 @@ def test_portable_half_is_written_and_says_why_there_is_no_engine(trt_artifact) 
     summary = json.loads(result.stdout)
     assert summary["status"] == "no-engine" and summary["engine"] == {"built": False, "reason": NO_ENGINE_HERE}
     names = sorted(p.name for p in artifact.iterdir())
-    assert names == sorted(["model.onnx", MANIFEST_FILE, "reference_io.npz", SCRIPT_FILE, SIDECAR_FILE, RECIPE_COPY])
+    assert names == sorted(["model.onnx", MANIFEST_FILE, "reference_io.npz", SCRIPT_FILE, SIDECAR_FILE, RECIPE_COPY,
+                            "README.md"])
     assert manifest["target"]["engine"] == {"built": False, "reason": NO_ENGINE_HERE}
     assert manifest["latency"] == [] and "no TensorRT engine" in manifest["latency_note"]
 
