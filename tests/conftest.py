@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from exporter.recipes import Recipe, apply_overrides, default_recipe_path, load_recipe
+from tests.packages import TARGETS, exported_package
 
 
 @pytest.fixture(scope="session")
@@ -10,3 +13,27 @@ def fast_recipe() -> Recipe:
     """The shipped ONNX recipe with the smallest latency run it allows, so tests spend their time on parity."""
     recipe, _ = load_recipe(default_recipe_path("onnx"))
     return apply_overrides(recipe, {"latency.warmup_runs": 1, "latency.timed_runs": 20})
+
+
+# Real l1 packages of each target (tests.packages: exported once per worker), for the schema and model-card tests.
+@pytest.fixture(scope="module", params=TARGETS)
+def real(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict]:
+    """(target, package directory, manifest) for each target in turn."""
+    path, manifest = exported_package(request.param, tmp_path_factory)
+    return request.param, path, manifest
+
+
+@pytest.fixture
+def onnx(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A fresh copy of the real ONNX manifest, to edit or break."""
+    return exported_package("onnx", tmp_path_factory)[1]
+
+
+@pytest.fixture
+def coreml(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return exported_package("coreml", tmp_path_factory)[1]
+
+
+@pytest.fixture
+def tensorrt(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return exported_package("tensorrt", tmp_path_factory)[1]

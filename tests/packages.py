@@ -37,3 +37,18 @@ def exported_package(target: str, tmp_path_factory: pytest.TempPathFactory) -> t
         _EXPORTED[target] = artifact, json.loads((artifact / MANIFEST_FILE).read_text())
     path, manifest = _EXPORTED[target]
     return path, copy.deepcopy(manifest)  # tests edit their copy freely
+
+
+_AGAIN: dict[str, Path] = {}
+
+
+def exported_again(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second l1 ONNX export from exactly the inputs of ``exported_package("onnx")``: the same model bytes, a
+    different measured latency, hence a different manifest and bundle under the same package name."""
+    if "onnx" not in _AGAIN:
+        recipe, _ = load_recipe(default_recipe_path("onnx"))
+        request = ExportRequest(variant="l1", weights=None, seed=0, out_dir=tmp_path_factory.mktemp("pkg-again"),
+                                recipe=apply_overrides(recipe, FAST_LATENCY),
+                                recipe_source=str(default_recipe_path("onnx")))
+        _AGAIN["onnx"] = run_export(request, StageReporter(None)).artifact
+    return _AGAIN["onnx"]

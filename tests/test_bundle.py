@@ -15,11 +15,9 @@ import pytest
 from exporter.bundle import MAX_COMPRESSION_RATIO, opened_bundle, write_bundle
 from exporter.errors import VerifyError
 from exporter.manifest import MANIFEST_FILE, read_manifest
-from exporter.pipeline import ExportRequest, StageReporter, run_export
-from exporter.recipes import apply_overrides, default_recipe_path, load_recipe
 from exporter.verify import verify_package
 from tests.helpers import run_cli
-from tests.packages import FAST_LATENCY, exported_package
+from tests.packages import exported_again, exported_package
 
 pytestmark = pytest.mark.xdist_group("l1-packages")  # one worker exports the shared packages once
 
@@ -186,11 +184,9 @@ def test_bundle_cli_refuses_a_package_that_does_not_verify(package: Path, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_two_exports_of_the_same_inputs_differ_only_in_measured_figures(package: Path, tmp_path: Path) -> None:
-    recipe, _ = load_recipe(default_recipe_path("onnx"))
-    request = ExportRequest(variant="l1", weights=None, seed=0, out_dir=tmp_path, recipe_source=str(
-        default_recipe_path("onnx")), recipe=apply_overrides(recipe, FAST_LATENCY))  # as tests.packages does
-    again = run_export(request, StageReporter(None)).artifact
+def test_two_exports_of_the_same_inputs_differ_only_in_measured_figures(
+        package: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    again = exported_again(tmp_path_factory)
     first, second = read_manifest(package)["files"], read_manifest(again)["files"]
     assert first.keys() == second.keys()
     differing = sorted(name for name in first if first[name]["sha256"] != second[name]["sha256"])

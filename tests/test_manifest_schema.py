@@ -12,33 +12,12 @@ from jsonschema import Draft202012Validator
 from exporter.errors import VerifyError
 from exporter.manifest import MANIFEST_SCHEMA
 from exporter.manifest_schema import SCHEMA_FILE, SCHEMA_ID, check_manifest, manifest_schema, schema_problems
-from tests.packages import TARGETS, exported_package
 
 pytestmark = pytest.mark.xdist_group("l1-packages")  # one worker exports the shared packages once
 
 SHA = "0123456789abcdef" * 4
 
 
-@pytest.fixture(scope="module", params=TARGETS)
-def real(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict]:
-    path, manifest = exported_package(request.param, tmp_path_factory)
-    return request.param, path, manifest
-
-
-@pytest.fixture
-def onnx(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A fresh copy of the real ONNX manifest, to break."""
-    return exported_package("onnx", tmp_path_factory)[1]
-
-
-@pytest.fixture
-def coreml(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return exported_package("coreml", tmp_path_factory)[1]
-
-
-@pytest.fixture
-def tensorrt(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return exported_package("tensorrt", tmp_path_factory)[1]
 
 
 def _at(problems: list[str], path: str) -> list[str]:

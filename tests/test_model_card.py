@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from exporter.model_card import CARD_FILE, model_card
-from tests.packages import TARGETS, exported_package
 
 pytestmark = pytest.mark.xdist_group("l1-packages")  # one worker exports the shared packages once
 
@@ -20,25 +19,6 @@ TITLES = {"onnx": "# EfficientFormer-L1 — ONNX (fp32)", "coreml": "# Efficient
 WARNING = "**Not for deployment.**"
 
 
-@pytest.fixture(scope="module", params=TARGETS)
-def real(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict]:
-    path, manifest = exported_package(request.param, tmp_path_factory)
-    return request.param, path, manifest
-
-
-@pytest.fixture
-def onnx(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return exported_package("onnx", tmp_path_factory)[1]
-
-
-@pytest.fixture
-def coreml(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return exported_package("coreml", tmp_path_factory)[1]
-
-
-@pytest.fixture
-def tensorrt(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return exported_package("tensorrt", tmp_path_factory)[1]
 
 
 def _section(card: str, heading: str) -> str:

@@ -1,6 +1,6 @@
 """Publishing to a registry: a local directory and a real S3-protocol server (moto, a subprocess on loopback).
 
-Two l1 ONNX packages are made through the real pipeline (seeds 0 and 1: different bytes, same name). Store
+Two l1 ONNX packages come from the real pipeline (two exports of the same inputs: same name, different bytes). Store
 wrappers around the real stores record writes, inject faults and corrupt uploads; no client is mocked.
 """
 
@@ -26,7 +26,6 @@ from exporter.bundle import Bundle, write_bundle
 from exporter.errors import ExitCode, PublishError, PublishRefused, UsageError
 from exporter.manifest import sha256_of
 from exporter.model_card import CARD_FILE
-from exporter.pipeline import ExportRequest, StageReporter, run_export
 from exporter.publish import (
     INDEX_KEY,
     INDEX_SCHEMA,
@@ -38,10 +37,9 @@ from exporter.publish import (
     publish,
     read_index,
 )
-from exporter.recipes import Recipe
 from exporter.verify import verify_package
 from tests.helpers import run_cli
-from tests.packages import exported_package
+from tests.packages import exported_again, exported_package
 
 pytestmark = pytest.mark.xdist_group("l1-packages")  # one worker exports the shared packages once
 
@@ -107,17 +105,11 @@ def s3_endpoint(aws_env: None) -> Iterator[str]:
             process.wait()
 
 
-def _export(recipe: Recipe, out: Path, seed: int) -> Path:
-    request = ExportRequest(variant="l1", weights=None, seed=seed, out_dir=out, recipe=recipe, recipe_source="tests")
-    run_export(request, StageReporter(None))
-    return out / MODEL / TARGET
-
-
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory: pytest.TempPathFactory, fast_recipe: Recipe) -> tuple[Path, Path]:
-    """Two packages with the same name and different weights (random-init, seeds 0 and 1)."""
-    root = tmp_path_factory.mktemp("packages")
-    return exported_package("onnx", tmp_path_factory)[0], _export(fast_recipe, root / "b", seed=1)
+def packages(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two packages with the same name and different bytes: two exports of the same inputs, whose measured latency
+    (manifest, model card) differs."""
+    return exported_package("onnx", tmp_path_factory)[0], exported_again(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

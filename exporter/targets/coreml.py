@@ -195,7 +195,7 @@ def stable_package_identifiers(package: Path) -> bool:
         return False
     manifest["itemInfoEntries"] = {renamed[old]: entry for old, entry in manifest["itemInfoEntries"].items()}
     manifest["rootModelIdentifier"] = renamed.get(manifest["rootModelIdentifier"], manifest["rootModelIdentifier"])
-    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True))
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")  # as coremltools writes it
     return True
 
 
