@@ -56,7 +56,8 @@ def _other_runtimes(target, model_path: Path, recipe: Recipe) -> tuple[list, dic
     except ImportError as exc:  # e.g. a model.plan on a machine without TensorRT
         return [], {target.name: f"runtime not installed here: {exc}"}
     if not runners and target.latency_unavailable:
-        return [], {target.name: target.latency_unavailable}
+        specific = getattr(target, "runtime_unavailable_reason", None)  # e.g. TensorRT: no GPU or no tensorrt
+        return [], {target.name: (specific and specific()) or target.latency_unavailable}
     return runners, {}
 
 

@@ -168,3 +168,23 @@ def test_tensorrt_recipe_refuses_what_cannot_work(change: dict, message: str) ->
     recipe, _ = load_recipe(default_recipe_path("tensorrt"))
     with pytest.raises(RecipeError, match=message):
         apply_overrides(recipe, change)
+
+
+def test_a_package_with_an_engine_verifies_on_a_machine_that_cannot_run_it(trt_artifact, tmp_path: Path) -> None:
+    """The hashes and the prepared ONNX's parity are checked anywhere; the engine is reported as not checked here
+    (and never executed: its bytes are a stand-in, which is all a machine without TensorRT can see)."""
+    import shutil
+
+    from exporter.manifest import file_table, write_manifest
+    from exporter.verify import verify_package
+
+    artifact, manifest, _ = trt_artifact
+    copy = shutil.copytree(artifact, tmp_path / artifact.name)
+    (copy / "model.plan").write_bytes(b"engine bytes built elsewhere")
+    write_manifest(copy, manifest | {"files": file_table(copy)})
+    report = verify_package(copy)
+    assert report.passed, report.problems
+    assert "tensorrt" in report.not_checked_here and "tensorrt" in report.not_checked_here["tensorrt"].lower()
+    assert report.runtime_parity == {}
+    (copy / "model.plan").write_bytes(b"tampered")
+    assert "model.plan: sha256 differs from the manifest (modified?)" in verify_package(copy).problems

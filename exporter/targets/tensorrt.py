@@ -107,6 +107,11 @@ class TensorRTTarget:
     model_file = MODEL_FILE
     latency_unavailable = "no TensorRT engine was built here (see engine.json), so there was nothing to time"
 
+    @staticmethod
+    def runtime_unavailable_reason() -> str | None:
+        """Why an engine cannot run on this machine (for verify), or None."""
+        return engine_unavailable_reason()
+
     def describe(self, recipe: Recipe) -> str:
         settings = recipe.tensorrt
         batch = f"profile {settings.profile}" if recipe.export.dynamic_batch else "batch 1"
@@ -149,7 +154,7 @@ class TensorRTTarget:
 
     def extra_runtimes(self, path: Path, recipe: Recipe) -> list:
         plan = path.parent / PLAN_FILE
-        if not plan.exists():
+        if not plan.exists() or engine_unavailable_reason():  # e.g. verifying a package on a machine without a GPU
             return []
         from exporter.targets.tensorrt_engine import TimedEngineRunner
 
