@@ -57,10 +57,23 @@ def count_stored_values(model: nn.Module) -> int:
 
 
 def traced_op_counts(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    """aten op kinds and counts of the model's TorchScript trace for ``example``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph = torch.jit.trace(model, example, check_trace=False).inlined_graph
+    """aten op kinds and counts of the model's TorchScript trace for ``example``.
+
+    The model is traced as a function (parameters become constants), not as a module: the same ops (checked on
+    l1 and l7 after every pass of both pass lists) at a third of the cost, since no script module is built per
+    submodule. Tracing a function needs parameters that do not require grad, so that flag is lifted meanwhile.
+    """
+    params = list(model.parameters())
+    requires_grad = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = torch.jit.trace(lambda inputs: model(inputs), example, check_trace=False).inlined_graph
+    finally:
+        for p, flag in zip(params, requires_grad, strict=True):
+            p.requires_grad_(flag)
     counts = Counter(node.kind().removeprefix("aten::") for node in graph.nodes() if node.kind().startswith("aten::"))
     return dict(sorted(counts.items()))
 
