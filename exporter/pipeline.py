@@ -21,7 +21,7 @@ from exporter.errors import EfexportError, ParityError, StageError, UsageError
 from exporter.manifest import REFERENCE_FILE
 from exporter.output import check_destination, check_output_root, staged_output
 from exporter.recipes import Recipe
-from exporter.runtimes import measure_latency, runtime_parity
+from exporter.runtimes import measure_latency, runtime_parity, timed_runtimes
 from exporter.stages.capture import capture
 from exporter.stages.fold import fold_model, fold_probe
 from exporter.stages.load import load_model
@@ -139,14 +139,13 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
                 image = reference.kinds.index("image") if "image" in reference.kinds else 0
                 (staging / TRACE_FILE).write_text(json.dumps(runner.trace(reference.inputs[image]), indent=1) + "\n")
             extra_runtimes = target.extra_runtimes(exported.path, recipe)  # e.g. Core ML itself, on macOS
-            runtime_parity = {r.backend: _gated_parity(r, reference, recipe) for r in extra_runtimes}
-        runtimes = [runner] if getattr(runner, "is_deployment_runtime", True) else []  # a reference is not timed
-        runtimes += extra_runtimes
+            other_parity = {r.backend: _gated_parity(r, reference, recipe) for r in extra_runtimes}
+        runtimes = timed_runtimes(runner, extra_runtimes)
         timed = ", ".join(r.backend for r in runtimes) or f"nothing: {target.latency_unavailable}"
         with reporter.stage("benchmark", f"{recipe.latency.timed_runs} timed runs on {timed}"):
             latency = [report for r in runtimes for report in measure_latency(r, recipe, reference)]
         with reporter.stage("package", "manifest, metadata, verification"):
-            extras = {"runtime_parity": runtime_parity} if runtime_parity else {}
+            extras = {"runtime_parity": other_parity} if other_parity else {}
             if not latency:
                 extras["latency_note"] = target.latency_unavailable
             if hasattr(runner, "report"):

@@ -27,6 +27,12 @@ def runtime_parity(runner: Runner, reference: ReferenceSet, recipe: Recipe) -> P
                            tuple(reference.kinds[i] for i in keep), tolerances)
 
 
+def timed_runtimes(runner: Runner, others: list[Runner]) -> list[Runner]:
+    """What latency is measured on: the deployment runtimes (a reference execution, e.g. the Core ML interpreter
+    or ONNX Runtime on TensorRT's prepared graph, says nothing about deployed speed)."""
+    return ([runner] if getattr(runner, "is_deployment_runtime", True) else []) + others
+
+
 def _host_latency(runner: Runner, recipe: Recipe, inputs: np.ndarray) -> LatencyReport:
     settings = recipe.latency
     batch = settings.batch_size if runner.static_batch is None else runner.static_batch

@@ -18,7 +18,7 @@ from exporter.errors import VerifyError
 from exporter.manifest import MANIFEST_FILE, REFERENCE_FILE, file_table, read_manifest
 from exporter.manifest_schema import schema_problems
 from exporter.recipes import Recipe, Tolerances
-from exporter.runtimes import measure_latency, runtime_parity
+from exporter.runtimes import measure_latency, runtime_parity, timed_runtimes
 from exporter.targets import TARGETS
 from validate.parity import ParityReport, compare_outputs
 from validate.reference import ReferenceSet
@@ -84,8 +84,8 @@ def _check_runtimes(directory: Path, manifest: dict, threads: int, latency: bool
         fields["runtime_parity"][other.backend] = report.to_dict()
         problems += [f"parity on {other.backend}: {failure}" for failure in report.failures]
     if latency:
-        timed = ([runner] if getattr(runner, "is_deployment_runtime", True) else []) + others
-        fields["latency"] = [r.to_dict() for t in timed for r in measure_latency(t, recipe, reference)]
+        fields["latency"] = [r.to_dict() for t in timed_runtimes(runner, others)
+                             for r in measure_latency(t, recipe, reference)]
     return problems, fields
 
 
