@@ -89,6 +89,8 @@ NoPassOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on the console.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
+ProfileOpt = Annotated[bool, typer.Option("--profile", help="Report wall time and peak memory (RSS) per pipeline "
+                                                            "stage (also under \"profile\" in --json).")]
 
 
 def _stderr(quiet: bool) -> Console | None:
@@ -195,18 +197,21 @@ def _trace_table(trace: dict, limit: int = 15) -> Table:
 
 def _export(target: str, recipe_path: Path | None, overrides: dict[str, Any], no_pass: list[str] | None,
             variant: Variant | None, weights: Path | None, seed: int, out: Path, force: bool, quiet: bool,
-            as_json: bool, trace: bool = False) -> None:
+            as_json: bool, trace: bool = False, profile: bool = False) -> None:
     """What every export command does: recipe + flags -> pipeline -> summary (console) or JSON (stdout)."""
     from exporter.pipeline import ExportRequest, StageReporter, run_export
+    from exporter.profiling import PipelineProfiler
 
     def work() -> Any:
         final_recipe, path = _load_target_recipe(target, recipe_path, overrides, no_pass)
         request = ExportRequest(variant=variant.value if variant else None, weights=weights, seed=seed,
                                 out_dir=out, recipe=final_recipe, recipe_source=str(path), force=force, trace=trace)
         console = _stderr(quiet)
-        result = run_export(request, StageReporter(console))
+        result = run_export(request, StageReporter(console, PipelineProfiler() if profile else None))
         if console:
             console.print(_summary_table(result))
+            if result.profile:
+                console.print(_profile_table([(target, result.profile)]))
             if trace:
                 from exporter.pipeline import TRACE_FILE
 
@@ -223,7 +228,8 @@ def _export(target: str, recipe_path: Path | None, overrides: dict[str, Any], no
                               "passed", "max_abs", "mean_abs", "max_rel", "min_cosine", "top1_agreement",
                               "mean_top5_overlap")},
                           "latency": manifest["latency"], "latency_note": manifest.get("latency_note"),
-                          "engine": engine, "stage_seconds": result.stage_seconds}, indent=2))
+                          "engine": engine, "stage_seconds": result.stage_seconds}
+                         | ({"profile": result.profile} if result.profile else {}), indent=2))
     if engine is not None and not engine["built"]:
         if not quiet:
             Console(stderr=True).print(f"[yellow]no TensorRT engine built:[/] {escape(engine['reason'])}. The "
@@ -252,6 +258,7 @@ def onnx_command(
                                                    show_default=False)] = None,
     no_pass: NoPassOpt = None,
     force: ForceOpt = False,
+    profile: ProfileOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -262,7 +269,7 @@ def onnx_command(
     _export("onnx", recipe, {
         "export.opset": opset, "export.dynamic_batch": dynamic_batch,
         "export.simplifier": simplifier.value if simplifier else None, "export.image_size": image_size,
-    }, no_pass, variant, weights, seed, out, force, quiet, as_json)
+    }, no_pass, variant, weights, seed, out, force, quiet, as_json, profile=profile)
 
 
 class Precision(str, Enum):
@@ -313,6 +320,7 @@ def coreml_command(
                                         "the artifact, worst ops printed): find the layer that diverges.")] = False,
     no_pass: NoPassOpt = None,
     force: ForceOpt = False,
+    profile: ProfileOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -327,7 +335,7 @@ def coreml_command(
         "coreml.compute_units": compute_units.value if compute_units else None,
         "coreml.input": input_kind.value if input_kind else None,
         "coreml.labels": str(labels) if labels else None,
-    }, no_pass, variant, weights, seed, out, force, quiet, as_json, trace)
+    }, no_pass, variant, weights, seed, out, force, quiet, as_json, trace, profile)
 
 
 class TensorRTPrecision(str, Enum):
@@ -348,8 +356,9 @@ def tensorrt_command(
         show_default=False)] = None,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset of the prepared graph (recipe default "
                                               "17: TensorRT 8.6+).", show_default=False)] = None,
-    profile: Annotated[str | None, typer.Option("--profile", help="Batch sizes min,opt,max of the optimization "
-                                                "profile (recipe default 1,8,64).", show_default=False)] = None,
+    batch_profile: Annotated[str | None, typer.Option("--batch-profile", help="Batch sizes min,opt,max of the "
+                                                      "optimization profile (recipe default 1,8,64).",
+                                                      show_default=False)] = None,
     workspace_mib: Annotated[int | None, typer.Option("--workspace-mib", help="Builder workspace limit in MiB.",
                                                       show_default=False)] = None,
     optimization_level: Annotated[int | None, typer.Option("--optimization-level", help="Builder optimisation "
@@ -359,6 +368,7 @@ def tensorrt_command(
                                                  "and exiting 8.")] = False,
     no_pass: NoPassOpt = None,
     force: ForceOpt = False,
+    profile: ProfileOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -370,16 +380,17 @@ def tensorrt_command(
     here (no TensorRT or no GPU); the reason is printed and recorded in engine.json.
     """
     batches = None
-    if profile is not None:
+    if batch_profile is not None:
         try:
-            batches = [int(part) for part in profile.split(",")]
+            batches = [int(part) for part in batch_profile.split(",")]
         except ValueError:
-            raise _fail(_usage(f"--profile {profile}: give three batch sizes, e.g. 1,8,64"), as_json) from None
+            raise _fail(_usage(f"--batch-profile {batch_profile}: give three batch sizes, e.g. 1,8,64"),
+                        as_json) from None
     _export("tensorrt", recipe, {
         "precision": precision.value if precision else None, "export.opset": opset, "tensorrt.profile": batches,
         "tensorrt.workspace_mib": workspace_mib, "tensorrt.optimization_level": optimization_level,
         "tensorrt.require_engine": require_engine or None,
-    }, no_pass, variant, weights, seed, out, force, quiet, as_json)
+    }, no_pass, variant, weights, seed, out, force, quiet, as_json, profile=profile)
 
 
 def _usage(message: str) -> EfexportError:
@@ -389,18 +400,20 @@ def _usage(message: str) -> EfexportError:
 
 
 def _export_one(target: str, overrides: dict[str, Any], variant: Variant | None, weights: Path | None, seed: int,
-                out: Path, force: bool, console: Console | None, bundle_dir: Path | None) -> dict:
+                out: Path, force: bool, console: Console | None, bundle_dir: Path | None, profile: bool) -> dict:
     """One target of ``efexport all``: its outcome as a row; a user-facing error is a failed row, not an abort."""
     from exporter.bundle import write_bundle
     from exporter.pipeline import ExportRequest, StageReporter, run_export
+    from exporter.profiling import PipelineProfiler
 
     row: dict[str, Any] = {"target": target}
     start = time.perf_counter()
+    reporter = StageReporter(console, PipelineProfiler() if profile else None)
     try:
         recipe, path = _load_target_recipe(target, None, overrides, None)
         request = ExportRequest(variant=variant.value if variant else None, weights=weights, seed=seed, out_dir=out,
                                 recipe=recipe, recipe_source=str(path), force=force)
-        result = run_export(request, StageReporter(console))
+        result = run_export(request, reporter)
         engine = result.manifest["target"].get("engine")
         row |= {"status": "ok" if engine is None or engine["built"] else "no-engine", "exit_code": 0,
                 "artifact": str(result.artifact), "package": result.manifest["package"],
@@ -413,7 +426,28 @@ def _export_one(target: str, overrides: dict[str, Any], variant: Variant | None,
             where = f"[{exc.stage}] " if exc.stage else ""
             console.print(f"[bold red]{target} failed:[/] {escape(where + str(exc))}", highlight=False)
     row["seconds"] = round(time.perf_counter() - start, 1)
+    if reporter.profiler:
+        row["profile"] = reporter.profiler.to_dict()  # the stages that ran, a failed one included
     return row
+
+
+def _profile_table(profiles: list[tuple[str, dict]]) -> Table:
+    """Wall time and peak RSS per stage of each profiled export, and the peak over all of them."""
+    from exporter.profiling import format_bytes
+
+    table = Table("target", "stage", "seconds", "peak RSS", "RSS after", title="pipeline profile",
+                  title_justify="left")
+    for target, profile in profiles:
+        for stage in profile["stages"]:
+            mark = "" if stage["completed"] else " (failed)"
+            table.add_row(target, stage["stage"] + mark, f"{stage['seconds']:.1f}",
+                          format_bytes(stage["peak_rss_bytes"]), format_bytes(stage["rss_after_bytes"]))
+        table.add_row(target, "[bold]all stages[/]", f"{profile['seconds']:.1f}",
+                      format_bytes(profile["peak_rss_bytes"]), "", end_section=True)
+    peak = max(profile["peak_rss_bytes"] for _, profile in profiles)
+    methods = sorted({profile["method"] for _, profile in profiles if profile["method"]})
+    table.caption = f"peak RSS over all: {format_bytes(peak)} (measured by {', '.join(methods) or 'nothing'})"
+    return table
 
 
 @app.command("all")
@@ -429,6 +463,7 @@ def all_command(
     require_engine: Annotated[bool, typer.Option("--require-engine", help="TensorRT: fail (exit 9) when no engine "
                                                  "can be built here.")] = False,
     force: ForceOpt = False,
+    profile: ProfileOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -444,19 +479,24 @@ def all_command(
     try:
         for name in names:
             overrides = {"tensorrt.require_engine": True} if name == "tensorrt" and require_engine else {}
-            rows.append(_export_one(name, overrides, variant, weights, seed, out, force, console, bundle_dir))
+            rows.append(_export_one(name, overrides, variant, weights, seed, out, force, console, bundle_dir,
+                                    profile))
     except KeyboardInterrupt:
         Console(stderr=True).print("[bold red]interrupted[/]: the target in progress wrote nothing")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     failed = [row for row in rows if row["status"] == "failed"]
+    profiles = [(row["target"], row["profile"]) for row in rows if row.get("profile")]
     if as_json:
-        print(json.dumps({"status": "failed" if failed else "ok", "targets": rows}, indent=2))
+        overall = {"peak_rss_bytes": max(p["peak_rss_bytes"] for _, p in profiles)} if profiles else {}
+        print(json.dumps({"status": "failed" if failed else "ok", "targets": rows} | overall, indent=2))
     if console:
         table = Table("target", "status", "package", "seconds", title="efexport all", title_justify="left")
         for row in rows:
             where = row.get("artifact") or f"[{row.get('stage') or '-'}] {row['error']}"
             table.add_row(row["target"], row["status"], escape(where), f"{row['seconds']:.1f}")
         console.print(table)
+        if profiles:
+            console.print(_profile_table(profiles))
     if failed:
         raise typer.Exit(failed[0]["exit_code"])
 
@@ -573,6 +613,130 @@ def _verified_or_fail(package: Path, threads: int) -> None:
     report = verify_package(package, threads)
     if not report.passed:
         raise VerifyError(f"{package} does not verify: " + "; ".join(report.problems[:5]))
+
+
+def _batch_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise _usage(f"{flag} {text}: give comma-separated integers, e.g. 1,2,4,8") from None
+    return values
+
+
+def _bench_table(report: dict) -> Table:
+    table = Table("variant", "backend", "p50 ms", "p90 ms", "p99 ms", "noise", "windows", "images/s", "GFLOP/s",
+                  "vs eager", title=f"efexport bench: batch 1, host end-to-end, {report['threads']} threads, "
+                                    f"{report['device']['cpu']}", title_justify="left")
+    for variant in report["variants"]:
+        for b in variant["backends"]:
+            latency = b["latency"]
+            stats, method = latency["stats_ms"], latency["method"]
+            windows = f"{method['windows']}" + ("" if method["converged"] else " [yellow](not converged)[/]")
+            table.add_row(variant["variant"], b["name"], f"{stats['p50']:.2f}", f"{stats['p90']:.2f}",
+                          f"{stats['p99']:.2f}", f"{latency['noise']:.1%}", windows,
+                          f"{latency['images_per_second']:.1f}", f"{b['gflops_per_s']:.1f}",
+                          f"{b['speedup_over_eager']:.2f}x")
+        cost, published = variant["cost"], variant["published"]
+        table.add_row(variant["variant"], f"[dim]cost: {cost['gmacs']:.2f} GMACs (published {published['gmacs']}), "
+                                          f"{cost['pytorch_parameters'] / 1e6:.2f} M parameters (published "
+                                          f"{published['params_m']})[/]", end_section=True)
+    table.caption = report["method"]
+    return table
+
+
+def _sweep_table(report: dict) -> Table | None:
+    rows = [(v["variant"], t) for v in report["variants"] for t in v["throughput"]]
+    if not rows:
+        return None
+    table = Table("variant", "backend", "batch", "p50 ms", "images/s", "GFLOP/s", "noise", title="throughput by batch",
+                  title_justify="left")
+    for variant, t in rows:
+        latency = t["latency"]
+        table.add_row(variant, t["backend"], str(t["batch_size"]), f"{latency['stats_ms']['p50']:.2f}",
+                      f"{t['images_per_second']:.1f}", f"{t['gflops_per_s']:.1f}", f"{latency['noise']:.1%}")
+    return table
+
+
+@app.command("bench")
+def bench_command(
+    variants: Annotated[list[Variant] | None, typer.Option("--variant", "-v", help="Variant to benchmark "
+                                                           "(repeatable; optional with --weights).",
+                                                           show_default=False)] = None,
+    weights: WeightsOpt = None,
+    seed: SeedOpt = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output root: built packages are looked up under "
+                                      "OUT/efficientformer-VARIANT/, and the report and plots go to OUT/bench/ "
+                                      "unless --report-dir says otherwise.")] = Path("artifacts"),
+    targets: Annotated[str, typer.Option("--targets", help="Whose built packages to time, comma-separated (those "
+                                                           "whose runtime is present here).")] = "onnx,coreml,tensorrt",
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Threads of every CPU runtime (PyTorch "
+                                         "intra-op, ONNX Runtime intra-op), pinned for the whole run.")] = 2,
+    batches: Annotated[str, typer.Option("--batches", help="Batch sizes of the throughput sweep on ONNX Runtime "
+                                         "(plain and folded exports); empty for none.")] = "1,2,4,8,16,32",
+    compile_model: Annotated[bool, typer.Option("--compile", help="Also time torch.compile of the folded model "
+                                                "(compiling takes minutes).")] = False,
+    warmup_runs: Annotated[int, typer.Option("--warmup-runs", min=0, help="Untimed calls per backend first.")] = 10,
+    window_runs: Annotated[int, typer.Option("--window-runs", min=1, help="Timed calls per window.")] = 20,
+    stable_within: Annotated[float, typer.Option("--stable-within", min=0.001, max=0.999, help="Windows continue "
+                                                 "until the medians of the last 3 agree within this relative "
+                                                 "spread...")] = 0.05,
+    max_windows: Annotated[int, typer.Option("--max-windows", min=3, help="...or this many windows ran (reported "
+                                             "as not converged).")] = 12,
+    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where bench.json and the PNG plots go "
+                                                    "(default OUT/bench).", show_default=False)] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Write bench.json only.")] = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Time the model on every backend a user could pick, interleaved in one process: PyTorch eager (as loaded
+    and folded), ONNX Runtime on a plain torch.onnx.export and on efexport's folded export, optionally
+    torch.compile, and every built package whose runtime is present here. Windows of timed calls run until the
+    last three agree; p50/p90/p99 with the spread as noise; a throughput sweep by batch; MACs from efexport's
+    graph and achieved GFLOP/s. Writes bench.json and latency.png, throughput.png, accuracy.png (measured latency
+    against the paper's published top-1 and iPhone 12 figures, labelled as published)."""
+    from exporter.bench import BenchSettings, run_bench
+    from exporter.models.efficientformer import CONFIGS
+    from exporter.output import check_output_root, write_atomically
+    from exporter.stages.package import published_figures
+    from validate.latency import WindowRule
+    from validate.plots import write_plots
+
+    # a wide table: keep it whole when stderr is a pipe or a CI log, where rich would assume 80 columns
+    console = None if quiet else Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+
+    def work() -> tuple[dict, dict]:
+        if not variants and weights is None:
+            raise _usage("give --variant (repeatable) or --weights")
+        target_names = tuple(name.strip() for name in targets.split(",") if name.strip())
+        settings = BenchSettings(
+            variants=tuple(v.value for v in variants) if variants else (None,), weights=weights, seed=seed,
+            threads=threads, rule=WindowRule(warmup_runs, window_runs, 3, stable_within, max_windows),
+            batches=_batch_list(batches, "--batches"), targets=target_names, packages_root=out,
+            compile=compile_model)
+        progress = (lambda message: console.print(f"[dim]bench:[/] {escape(message)}", highlight=False)) \
+            if console else (lambda _: None)
+        directory = report_dir or out / "bench"
+        check_output_root(directory)  # before minutes of measuring
+        report = run_bench(settings, progress)
+        written = {"report": str(write_atomically(directory / "bench.json", json.dumps(report, indent=2) + "\n"))}
+        if not no_plots:
+            published = {c.variant: published_figures(c) for c in CONFIGS.values()}
+            written |= {name: str(path) for name, path in write_plots(report, directory, published).items()}
+        return report, written
+
+    report, written = _run_guarded(as_json, work)
+    if as_json:
+        print(json.dumps(report | {"written": written}, indent=2))
+    if console:
+        console.print(_bench_table(report))
+        sweep = _sweep_table(report)
+        if sweep is not None:
+            console.print(sweep)
+        for variant in report["variants"]:
+            for what, why in variant["not_measured"].items():
+                console.print(f"[yellow]not measured[/] {variant['variant']} {escape(what)}: {escape(why)}",
+                              highlight=False)
+        console.print("written: " + ", ".join(escape(p) for p in written.values()), highlight=False)
 
 
 @app.command("variants")

@@ -11,7 +11,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_SCHEMA = "efexport.manifest/2"
+MANIFEST_SCHEMA = "efexport.manifest/3"
 REFERENCE_FILE = "reference_io.npz"
 _TRACKED_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "onnxslim", "coremltools", "tensorrt")
 

@@ -1,4 +1,4 @@
-"""The JSON Schema of ``manifest.json`` (efexport.manifest/2) and readable checks against it.
+"""The JSON Schema of ``manifest.json`` (efexport.manifest/3) and readable checks against it.
 
 The schema itself is data, shipped as ``exporter/data/manifest.schema.json`` (draft 2020-12), so that anyone
 consuming a package can validate its manifest without efexport. ``schema_problems`` lists every violation as
@@ -22,7 +22,7 @@ from exporter.errors import VerifyError
 from exporter.manifest import MANIFEST_SCHEMA
 
 SCHEMA_FILE = resources.files("exporter.data").joinpath("manifest.schema.json")
-SCHEMA_ID = "https://efexport.invalid/schemas/efexport.manifest-2.schema.json"
+SCHEMA_ID = "https://efexport.invalid/schemas/efexport.manifest-3.schema.json"
 ROOT = "(root)"  # how a problem with the manifest as a whole names its place
 _SHOWN_PROBLEMS = 5
 _MAX_MESSAGE = 300
@@ -92,7 +92,7 @@ def _lines(error: ValidationError) -> list[tuple[str, str]]:
 
 
 def schema_problems(manifest: object) -> list[str]:
-    """Every way ``manifest`` (any JSON value) breaks efexport.manifest/2, one line each, sorted by path;
+    """Every way ``manifest`` (any JSON value) breaks efexport.manifest/3, one line each, sorted by path;
     empty when it follows the schema. Never raises on JSON data."""
     lines: set[tuple[str, str]] = set()
     try:
@@ -113,7 +113,7 @@ def format_problems(problems: Sequence[str], shown: int = _SHOWN_PROBLEMS) -> st
 
 def check_manifest(manifest: object, where: str) -> None:
     """Raise VerifyError naming ``where`` (a path, or what is being checked) unless ``manifest`` follows
-    efexport.manifest/2."""
+    efexport.manifest/3."""
     problems = schema_problems(manifest)
     if problems:
         raise VerifyError(f"{where}: manifest does not follow {MANIFEST_SCHEMA}: " + format_problems(problems))

@@ -1,6 +1,6 @@
 """README.md of a package: its model card, written from the manifest alone.
 
-``model_card`` is a pure function of the manifest (an efexport.manifest/2 dict, checked by
+``model_card`` is a pure function of the manifest (an efexport.manifest/3 dict, checked by
 ``exporter.manifest_schema.check_manifest``): the same manifest always gives the same text, with no dates and
 nothing read from the machine. Every number in the card is one the manifest records; the paper's figures are
 labelled as published, not measured. The card never lists itself in its file table: it cannot hold its own hash.
@@ -451,16 +451,22 @@ def _latency(manifest: dict) -> str:
     rows = []
     for e in entries:
         stats = e["stats_ms"]
-        threads = "runtime's own" if e["threads"] is None else str(e["threads"])
+        threads = e.get("compute_units") or ("runtime's own" if e["threads"] is None else str(e["threads"]))
+        method = e["method"]
+        runs = f"{e['warmup_runs']} + {e['timed_runs']} ({method['windows']} windows"
+        runs += ", not converged)" if method["converged"] is False else ")"
+        noise = "one run" if e["noise"] is None else f"{e['noise']:.1%}"
         rows.append((f"{e['backend']} {e['runtime_version']}", _MEASURED.get(e["measured"], e["measured"]),
                      e["batch_size"], e["precision"], threads, _ms(stats["p50"]), _ms(stats["p90"]),
-                     _ms(stats["p99"]), _ms(stats["mean"]), _rate(e.get("images_per_second")),
-                     f"{e['warmup_runs']} + {e['timed_runs']}", _device_summary(e["device"])))
-    table = _table(("runtime", "measured", "batch", "precision", "threads", "p50", "p90", "p99", "mean",
-                    "images/s", "warm-up + timed runs", "device"), rows)
+                     _ms(stats["p99"]), _ms(stats["mean"]), _rate(e.get("images_per_second")), noise, runs,
+                     _device_summary(e["device"])))
+    table = _table(("runtime", "measured", "batch", "precision", "threads / compute units", "p50", "p90", "p99",
+                    "mean", "images/s", "noise", "warm-up + timed runs", "device"), rows)
+    rules = sorted({e["method"]["rule"] for e in entries})
     return ("## Measured latency\n\nMeasured by efexport in the run that made this package, on the machine named "
             "in each row (host end-to-end: from the call to its return; device compute: GPU time between CUDA "
-            "events). They describe that machine, not yours.\n\n" + table)
+            "events). They describe that machine, not yours. Method: " + "; ".join(rules) + ". Statistics come "
+            "from the settled windows; noise is the relative spread of their medians.\n\n" + table)
 
 
 def _published(manifest: dict) -> str:
@@ -539,7 +545,7 @@ def _versions(manifest: dict) -> str:
 
 
 def model_card(manifest: dict) -> str:
-    """The package's README.md (Markdown) from its efexport.manifest/2 manifest: same manifest, same text."""
+    """The package's README.md (Markdown) from its efexport.manifest/3 manifest: same manifest, same text."""
     sections = [_title(manifest), _warning(manifest), _weights(manifest), _feeding(manifest), _verified(manifest),
                 _latency(manifest), _published(manifest), _limitations(manifest), _files(manifest),
                 _versions(manifest)]

@@ -20,6 +20,7 @@ from exporter import interrupts
 from exporter.errors import EfexportError, ParityError, StageError, UsageError
 from exporter.manifest import REFERENCE_FILE
 from exporter.output import check_destination, check_output_root, staged_output
+from exporter.profiling import PipelineProfiler, format_bytes
 from exporter.recipes import Recipe
 from exporter.runtimes import measure_latency, runtime_parity, timed_runtimes
 from exporter.stages.capture import capture
@@ -48,13 +49,15 @@ class ExportResult:
     artifact: Path
     manifest: dict
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    profile: dict | None = None  # PipelineProfiler.to_dict() when the run was profiled
 
 
 class StageReporter:
-    """Shows each stage on the console (stderr) and records its wall time."""
+    """Shows each stage on the console (stderr) and records its wall time; with a profiler, also its peak memory."""
 
-    def __init__(self, console: Console | None) -> None:
+    def __init__(self, console: Console | None, profiler: PipelineProfiler | None = None) -> None:
         self.console = console
+        self.profiler = profiler
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -62,8 +65,9 @@ class StageReporter:
         interrupts.raise_if_interrupted()
         start = time.perf_counter()
         status = self.console.status(f"[bold]{name}[/]: {what}") if self.console else contextlib.nullcontext()
+        profiled = self.profiler.stage(name) if self.profiler else contextlib.nullcontext()
         try:
-            with status:
+            with status, profiled:
                 yield
         except EfexportError as exc:
             exc.stage = name
@@ -77,7 +81,8 @@ class StageReporter:
         interrupts.raise_if_interrupted()
         self.seconds[name] = round(time.perf_counter() - start, 3)
         if self.console:
-            self.console.print(f"[green]ok[/] {name:<10} {what} ({self.seconds[name]:.1f}s)")
+            peak = f", peak RSS {format_bytes(self.profiler.stages[-1].peak_rss_bytes)}" if self.profiler else ""
+            self.console.print(f"[green]ok[/] {name:<10} {what} ({self.seconds[name]:.1f}s{peak})")
 
     def note(self, message: str) -> None:
         if self.console:
@@ -142,7 +147,7 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
             other_parity = {r.backend: _gated_parity(r, reference, recipe) for r in extra_runtimes}
         runtimes = timed_runtimes(runner, extra_runtimes)
         timed = ", ".join(r.backend for r in runtimes) or f"nothing: {target.latency_unavailable}"
-        with reporter.stage("benchmark", f"{recipe.latency.timed_runs} timed runs on {timed}"):
+        with reporter.stage("benchmark", f"windows of {recipe.latency.window_runs} timed runs on {timed}"):
             latency = [report for r in runtimes for report in measure_latency(r, recipe, reference)]
         with reporter.stage("package", "manifest, metadata, verification"):
             extras = {"runtime_parity": other_parity} if other_parity else {}
@@ -153,4 +158,5 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
             manifest = build_manifest(loaded, folded, captured, exported, parity, latency, recipe,
                                       request.recipe_source) | extras
             manifest = package(staging, manifest, target, exported, recipe.latency.threads)
-    return ExportResult(final, manifest, reporter.seconds)
+    return ExportResult(final, manifest, reporter.seconds,
+                        reporter.profiler.to_dict() if reporter.profiler else None)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from exporter.errors import RecipeError
 from exporter.models.efficientformer import final_token_grid
 from exporter.passes import ALL_PASSES
+from validate.latency import WindowRule
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 SUPPORTED_OPSETS = (14, 20)  # LayerNormalization is native from 17; below it is decomposed
@@ -71,10 +72,25 @@ class ParitySection(_Section):
 
 
 class LatencySection(_Section):
-    warmup_runs: int = Field(10, ge=1, le=10_000)
-    timed_runs: int = Field(50, ge=20, le=100_000, description="at least 20 timed runs")
+    warmup_runs: int = Field(10, ge=1, le=10_000, description="untimed calls first")
+    window_runs: int = Field(20, ge=3, le=10_000, description="timed calls per measurement window")
+    stable_windows: int = Field(3, ge=2, le=20, description="the last this many window medians must agree")
+    stable_within: float = Field(0.05, gt=0, lt=1, description="relative spread ((max - min) / median) within "
+                                                               "which the window medians agree")
+    max_windows: int = Field(12, ge=2, le=1000, description="stop here, reported as not converged")
     threads: int = Field(2, ge=1, le=256, description="intra-op threads of the runtime")
     batch_size: int = Field(1, ge=1, le=1024, description="batch of the timed runs (dynamic-batch exports)")
+
+    @model_validator(mode="after")
+    def _cap_allows_settling(self) -> LatencySection:
+        if self.max_windows < self.stable_windows:
+            raise ValueError(f"max_windows ({self.max_windows}) must be at least stable_windows "
+                             f"({self.stable_windows})")
+        return self
+
+    def rule(self) -> WindowRule:
+        return WindowRule(self.warmup_runs, self.window_runs, self.stable_windows, self.stable_within,
+                          self.max_windows)
 
 
 class CoreMLSection(_Section):

@@ -6,7 +6,7 @@ import numpy as np
 
 from exporter.recipes import Recipe
 from exporter.targets import Runner
-from validate.latency import LatencyReport, LatencyStats, host_fingerprint, time_calls
+from validate.latency import LatencyReport, host_fingerprint, measure
 from validate.parity import ParityReport, compare_outputs
 from validate.reference import ReferenceSet
 
@@ -37,12 +37,11 @@ def _host_latency(runner: Runner, recipe: Recipe, inputs: np.ndarray) -> Latency
     settings = recipe.latency
     batch = settings.batch_size if runner.static_batch is None else runner.static_batch
     batch_inputs = inputs[:1].repeat(batch, axis=0)
-    samples = time_calls(lambda: runner(batch_inputs), settings.warmup_runs, settings.timed_runs)
-    return LatencyReport(
-        backend=runner.backend, runtime_version=runner.runtime_version, measured="host_end_to_end",
-        precision=recipe.precision, batch_size=batch, threads=runner.threads, warmup_runs=settings.warmup_runs,
-        timed_runs=settings.timed_runs, stats_ms=LatencyStats.from_samples(samples), device=host_fingerprint(),
-    )
+    measurement = measure(lambda: runner(batch_inputs), settings.rule())
+    return LatencyReport.from_measurement(
+        measurement, backend=runner.backend, runtime_version=runner.runtime_version, precision=recipe.precision,
+        batch_size=batch, threads=runner.threads, device=host_fingerprint(),
+        compute_units=getattr(runner, "compute_units", None))
 
 
 def measure_latency(runner: Runner, recipe: Recipe, reference: ReferenceSet) -> list[LatencyReport]:

@@ -49,7 +49,7 @@ def _file_problems(directory: Path, recorded: dict) -> list[str]:
     return problems
 
 
-def _other_runtimes(target, model_path: Path, recipe: Recipe) -> tuple[list, dict[str, str]]:
+def other_runtimes_present(target, model_path: Path, recipe: Recipe) -> tuple[list, dict[str, str]]:
     """The target's runtimes besides the parity runner that exist here; for those that do not, the reason."""
     try:
         runners = target.extra_runtimes(model_path, recipe)
@@ -74,7 +74,7 @@ def _check_runtimes(directory: Path, manifest: dict, threads: int, latency: bool
     tolerances = Tolerances.model_validate(manifest["parity"]["tolerances"])
     parity = compare_outputs(runner(reference.inputs), reference.outputs, reference.kinds, tolerances)
     problems = [f"parity: {failure}" for failure in parity.failures]
-    others, not_checked = _other_runtimes(target, model_path, recipe)
+    others, not_checked = other_runtimes_present(target, model_path, recipe)
     fields: dict = {"parity": parity, "runtime_parity": {}, "not_checked_here": not_checked, "latency": []}
     for other in others:
         report = runtime_parity(other, reference, recipe)

@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 
 from exporter.recipes import Recipe, apply_overrides, default_recipe_path, load_recipe
-from tests.packages import TARGETS, exported_package
+from tests.packages import FAST_LATENCY, TARGETS, exported_package
 
 
 @pytest.fixture(scope="session")
 def fast_recipe() -> Recipe:
     """The shipped ONNX recipe with the smallest latency run it allows, so tests spend their time on parity."""
     recipe, _ = load_recipe(default_recipe_path("onnx"))
-    return apply_overrides(recipe, {"latency.warmup_runs": 1, "latency.timed_runs": 20})
+    return apply_overrides(recipe, FAST_LATENCY)
 
 
 # Real l1 packages of each target (tests.packages: exported once per worker), for the schema and model-card tests.

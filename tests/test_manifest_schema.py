@@ -1,4 +1,4 @@
-"""The manifest schema (efexport.manifest/2) against real manifests of every target, and the mistakes it catches,
+"""The manifest schema (efexport.manifest/3) against real manifests of every target, and the mistakes it catches,
 each reported with the JSON path where it is."""
 
 from __future__ import annotations
@@ -250,8 +250,11 @@ def test_tensorrt_with_an_engine_is_accepted_and_checked(tensorrt: dict) -> None
     gpu = {"kind": "gpu", "name": "NVIDIA A100", "compute_capability": "8.0"}
     stats = {"p50": 0.9, "p90": 1.0, "p99": 1.1, "mean": 0.95, "min": 0.8, "max": 1.2, "std": 0.05}
     tensorrt["latency"] = [{"backend": "tensorrt", "runtime_version": "10.3.0", "measured": measured,
-                            "precision": "fp16", "batch_size": 8, "threads": None, "warmup_runs": 1,
-                            "timed_runs": 20, "stats_ms": stats, "device": gpu, "schema": "efexport.latency/1",
+                            "precision": "fp16", "batch_size": 8, "threads": None, "compute_units": None,
+                            "warmup_runs": 1, "timed_runs": 20, "stats_ms": stats, "noise": None,
+                            "method": {"rule": "1 warm-up call, then 20 timed calls in one run", "windows": 1,
+                                       "converged": None},
+                            "device": gpu, "schema": "efexport.latency/2",
                             "images_per_second": 8421.0} for measured in ("device_compute", "host_end_to_end")]
     del tensorrt["latency_note"]
     assert schema_problems(tensorrt) == []
@@ -269,7 +272,7 @@ def test_a_tensorrt_package_without_an_engine_is_not_deployable(tensorrt: dict) 
     assert schema_problems(tensorrt) == ["package/deployable: False was expected"]
 
 
-@pytest.mark.parametrize("value", [None, [], [1, 2], "efexport.manifest/2", 3, 2.5, True, {}])
+@pytest.mark.parametrize("value", [None, [], [1, 2], "efexport.manifest/3", 3, 2.5, True, {}])
 def test_anything_that_is_not_a_manifest_gives_problems_not_exceptions(value: object) -> None:
     problems = schema_problems(value)
     assert problems
@@ -292,7 +295,7 @@ def test_check_manifest_raises_naming_the_place_and_the_path(onnx: dict) -> None
     onnx["files"]["model.onnx"]["sha256"] = "xyz"
     with pytest.raises(VerifyError) as caught:
         check_manifest(onnx, "pkg/manifest.json")
-    assert str(caught.value) == ("pkg/manifest.json: manifest does not follow efexport.manifest/2: "
+    assert str(caught.value) == ("pkg/manifest.json: manifest does not follow efexport.manifest/3: "
                                  "files/model.onnx/sha256: 'xyz' does not match '^[0-9a-f]{64}$'")
 
 
@@ -304,6 +307,6 @@ def test_check_manifest_shows_five_problems_and_counts_the_rest(onnx: dict) -> N
     message = str(caught.value)
     assert message.endswith(" (and 2 more)")
     assert message.count("required key is missing") == 5
-    with pytest.raises(VerifyError, match="^here: manifest does not follow efexport.manifest/2: "
+    with pytest.raises(VerifyError, match="^here: manifest does not follow efexport.manifest/3: "
                                           r"\(root\): None is not of type 'object'$"):
         check_manifest(None, "here")

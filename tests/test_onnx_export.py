@@ -92,8 +92,13 @@ def test_l1_metadata_props_carry_the_manifest_facts(l1_artifact: tuple[Path, dic
 @SHARED_PACKAGES
 def test_l1_latency_block(l1_artifact: tuple[Path, dict]) -> None:
     (latency,) = l1_artifact[1]["latency"]
-    assert latency["schema"] == "efexport.latency/1"
-    assert latency["timed_runs"] >= 20 and latency["batch_size"] == 1 and latency["threads"] == 2
+    assert latency["schema"] == "efexport.latency/2"
+    assert latency["batch_size"] == 1 and latency["threads"] == 2 and latency["compute_units"] is None
+    method = latency["method"]
+    assert latency["timed_runs"] == method["stable_windows"] * method["window_runs"]  # the settled windows' samples
+    assert method["stable_windows"] <= method["windows"] == len(method["window_p50_ms"]) <= method["max_windows"]
+    assert latency["noise"] >= 0 and method["converged"] == (latency["noise"] <= method["stable_within"])
+    assert latency["device"]["runtimes"]["onnxruntime"] == ort.__version__
     stats = latency["stats_ms"]
     assert 0 < stats["min"] <= stats["p50"] <= stats["p90"] <= stats["p99"] <= stats["max"]
     assert latency["device"]["cpu"] and latency["runtime_version"] == ort.__version__

@@ -25,7 +25,7 @@ def test_shipped_onnx_recipe_values() -> None:
     assert recipe.export.opset == 17 and recipe.export.simplifier == "onnxsim"
     assert not recipe.export.dynamic_batch and recipe.export.image_size == 224
     assert recipe.tolerances().max_abs == 1e-4
-    assert recipe.latency.timed_runs >= 20
+    assert recipe.latency.rule().stable_windows == 3 and recipe.latency.rule().stable_within == 0.05
     assert raw["target"] == "onnx"
 
 
@@ -49,7 +49,9 @@ def test_overrides_replace_values_and_keep_the_rest() -> None:
         (("max_abs = 1e-4\nmin_cosine", "max_abs = -1.0\nmin_cosine"), "parity.tolerances.fp32.max_abs"),
         (("max_abs = 1e-5            # each pass", "max_abs = 0.0 #"), "fold.max_abs"),
         (("min_cosine = 0.99999", "min_cosine = 1.5"), "parity.tolerances.fp32.min_cosine"),
-        (("timed_runs = 50", "timed_runs = 5"), "latency.timed_runs"),
+        (("window_runs = 20", "window_runs = 1"), "latency.window_runs"),
+        (("stable_within = 0.05", "stable_within = 1.5"), "latency.stable_within"),
+        (("max_windows = 12", "max_windows = 2"), "latency: max_windows (2) must be at least stable_windows"),
         (("threads = 2", "threads = 0"), "latency.threads"),
         (("batch_size = 1", "batch_size = 0"), "latency.batch_size"),
         (('target = "onnx"', 'target = "tflite"'), "target"),

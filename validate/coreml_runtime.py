@@ -42,6 +42,7 @@ class CoreMLRuntimeRunner:
         spec = self.model.get_spec()
         self.image_input = spec.description.input[0].type.WhichOneof("Type") == "imageType"
         self.input_kinds = ("image",) if self.image_input else None
+        self.compute_units = compute_units
         self.backend = f"coreml-{compute_units.lower().replace('_', '-')}"
         self.runtime_version = f"Core ML on macOS {platform.mac_ver()[0]} (coremltools {ct.__version__})"
 

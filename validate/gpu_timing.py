@@ -17,7 +17,7 @@ from functools import cache
 
 import torch
 
-from validate.latency import LatencyReport, LatencyStats, time_calls
+from validate.latency import LatencyReport, LatencyStats, runtime_versions, time_calls
 
 
 def cuda_event_times(call: Callable[[], object], warmup_runs: int, timed_runs: int,
@@ -56,6 +56,10 @@ def host_times_synchronized(call: Callable[[], object], warmup: int, runs: int) 
     return time_calls(synchronized, warmup, runs)
 
 
+_TIMERS = {"device_compute": "CUDA events around each call, enqueued back to back",
+           "host_end_to_end": "wall clock to torch.cuda.synchronize() returning"}
+
+
 def gpu_latency_reports(device_compute_ms: list[float], host_end_to_end_ms: list[float], *, runtime_version: str,
                         precision: str, batch_size: int, warmup_runs: int, device: dict,
                         backend: str = "tensorrt", threads: int | None = None) -> tuple[LatencyReport, LatencyReport]:
@@ -68,26 +72,35 @@ def gpu_latency_reports(device_compute_ms: list[float], host_end_to_end_ms: list
     for measured, samples in (("device_compute", device_compute_ms), ("host_end_to_end", host_end_to_end_ms)):
         if not samples:
             raise ValueError(f"no {measured} samples: a latency report needs at least one timed run")
+        method = {"rule": f"{warmup_runs} warm-up calls, then {len(samples)} timed calls in one run",
+                  "windows": 1, "converged": None, "timer": _TIMERS[measured]}
         reports.append(LatencyReport(
             backend=backend, runtime_version=runtime_version, measured=measured, precision=precision,
             batch_size=batch_size, threads=threads, warmup_runs=warmup_runs, timed_runs=len(samples),
-            stats_ms=LatencyStats.from_samples(samples), device=dict(device)))
+            stats_ms=LatencyStats.from_samples(samples), method=method, noise=None, device=dict(device)))
     return reports[0], reports[1]
 
 
-def driver_version() -> str | None:
-    """The NVIDIA driver version (e.g. "550.54.15") from ``nvidia-smi``, or None where it cannot be asked:
-    torch exposes only the CUDA runtime it was built with, not the driver."""
+NVIDIA_SMI_FIELDS = ("driver_version", "clocks.sm", "clocks.max.sm", "clocks.mem", "clocks.max.mem",
+                     "power.limit")
+
+
+def nvidia_smi_facts(index: int = 0) -> dict[str, str]:
+    """The driver version and clocks (MHz) of GPU ``index`` from ``nvidia-smi``, or {} where it cannot be asked:
+    torch exposes only the CUDA runtime it was built with, not the driver or the clocks."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
-        return None
+        return {}
     try:
-        result = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                                text=True, timeout=20, check=False)
+        result = subprocess.run([exe, f"--id={index}", f"--query-gpu={','.join(NVIDIA_SMI_FIELDS)}",
+                                 "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20,
+                                check=False)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    lines = result.stdout.split()
-    return lines[0] if result.returncode == 0 and lines else None  # one line per GPU, all the same driver
+        return {}
+    values = [v.strip() for v in result.stdout.strip().split(",")]
+    if result.returncode != 0 or len(values) != len(NVIDIA_SMI_FIELDS):
+        return {}
+    return {name: value for name, value in zip(NVIDIA_SMI_FIELDS, values, strict=True) if value not in ("", "[N/A]")}
 
 
 @cache
@@ -98,6 +111,7 @@ def gpu_fingerprint(index: int | None = None) -> dict:
         raise RuntimeError("no CUDA device is visible")
     index = torch.cuda.current_device() if index is None else index
     props = torch.cuda.get_device_properties(index)
+    smi = nvidia_smi_facts(index)
     return {
         "kind": "gpu",
         "name": props.name,
@@ -105,6 +119,8 @@ def gpu_fingerprint(index: int | None = None) -> dict:
         "total_memory_gib": round(props.total_memory / 2**30, 1),
         "multiprocessors": props.multi_processor_count,
         "cuda_runtime": torch.version.cuda,
-        "driver": driver_version(),
+        "driver": smi.get("driver_version"),
+        "clocks_mhz": {k.removeprefix("clocks."): v for k, v in smi.items() if k.startswith("clocks.")},
         "torch": torch.__version__,
+        "runtimes": runtime_versions(),
     }

@@ -26,7 +26,8 @@ class TimedEngineRunner(EngineRunner):
         settings = recipe.latency
         reports: list[LatencyReport] = []
         for batch in self.batch_sizes():
-            compute_ms, host_ms = self.time_batch(batch, settings.warmup_runs, settings.timed_runs)
+            runs = settings.window_runs * settings.stable_windows  # one run of the samples a settled CPU one has
+            compute_ms, host_ms = self.time_batch(batch, settings.warmup_runs, runs)
             reports += gpu_latency_reports(compute_ms, host_ms, runtime_version=self.runtime_version,
                                            precision=recipe.precision, batch_size=batch,
                                            warmup_runs=settings.warmup_runs, device=gpu_fingerprint())
