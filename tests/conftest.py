@@ -1,11 +1,22 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from exporter.recipes import Recipe, apply_overrides, default_recipe_path, load_recipe
 from tests.packages import FAST_LATENCY, TARGETS, exported_package
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist (one worker per core), PyTorch gets one thread per worker, and so do the CLI subprocesses a
+    test starts: two workers each spinning two OpenMP threads on two cores slow each other down several times.
+    Runtimes whose thread count a test checks (ONNX Runtime's, from the recipe) are left as they are."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ from exporter.stages.capture import capture
 from exporter.stages.fold import count_stored_values, fold_model, fold_probe
 from exporter.stages.load import load_model
 from exporter.targets.onnx import export_onnx
-from validate.bench_fold import plain_export
+from validate.bench_fold import simplified_plain_export as plain_export
 from validate.macs import GraphCost, graph_cost
 from validate.reference import make_reference_inputs
 

@@ -132,7 +132,7 @@ def test_dynamic_batch_runs_any_batch(tmp_path: Path, fast_recipe: Recipe) -> No
     assert np.abs(session.run(None, {"image": images})[0] - expected).max() <= 1e-4
 
 
-@pytest.mark.parametrize("opset", [14, 18, 20])
+@pytest.mark.parametrize("opset", [14, 20])  # the ends of the supported range (17, the default, is tested above)
 def test_requested_opset_is_honoured(tmp_path: Path, fast_recipe: Recipe, opset: int) -> None:
     passes = [name for name in fast_recipe.fold.passes if opset < 20 or name != "erf-gelu"]
     manifest = export(fast_recipe, tmp_path, **{"export.opset": opset, "parity.noise_inputs": 1,

@@ -12,11 +12,9 @@ windows, medians), with the ratio b/a. A benchmark, not a test: nothing here pas
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import tempfile
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -25,24 +23,20 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from exporter.recipes import default_recipe_path, load_recipe
+from exporter.bench import onnx_recipe, plain_export
 from exporter.stages.capture import capture
 from exporter.stages.fold import fold_model, fold_probe
 from exporter.stages.load import load_model
 from exporter.targets.onnx import OnnxRunner, export_onnx, op_counts
-from validate.latency import host_fingerprint, time_calls
+from validate.latency import WindowRule, host_fingerprint, measure_interleaved
 from validate.reference import make_reference_inputs
 
 
-def plain_export(model: torch.nn.Module, path: Path, opset: int) -> dict[str, int]:
+def simplified_plain_export(model: torch.nn.Module, path: Path, opset: int) -> dict[str, int]:
+    """The plain export ``efexport bench`` times, then onnxsim, as a user who knows the simplifier would do."""
     import onnxsim
 
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.zeros(1, 3, 224, 224),), buffer, input_names=["image"],
-                          output_names=["logits"], opset_version=opset, dynamo=False)
-    simplified, ok = onnxsim.simplify(onnx.load_from_string(buffer.getvalue()))
+    simplified, ok = onnxsim.simplify(plain_export(model, path, opset, dynamic_batch=False))
     if not ok:
         raise RuntimeError("onnxsim failed on the plain export")
     onnx.save(simplified, path)
@@ -51,32 +45,27 @@ def plain_export(model: torch.nn.Module, path: Path, opset: int) -> dict[str, in
 
 def folded_export(model: torch.nn.Module, path: Path, opset: int) -> dict[str, int]:
     """As ``efexport onnx --opset N`` does: the shipped recipe's passes (erf-gelu only below opset 20)."""
-    recipe, _ = load_recipe(default_recipe_path("onnx"))
-    passes = [name for name in recipe.fold.passes if opset < 20 or name != "erf-gelu"]
+    recipe = onnx_recipe(opset)
     probe = fold_probe(*make_reference_inputs(0, 1, 1))
-    folded = fold_model(model, passes, probe, max_abs=recipe.fold.max_abs)
+    folded = fold_model(model, list(recipe.fold.passes), probe, max_abs=recipe.fold.max_abs)
     return export_onnx(capture(folded.model, 224, 1000, dynamic_batch=False), path, opset, "onnxsim").op_counts
 
 
 def interleaved_latency(paths: dict[str, Path], threads: int, windows: int, runs: int) -> dict[str, dict]:
-    """Median per window for each model, windows alternating between the models."""
+    """Median over the settled windows for each model, windows alternating between the models."""
     image = make_reference_inputs(1, 1, 0)[0]
     runners = {name: OnnxRunner(path, threads) for name, path in paths.items()}
-    window_medians: dict[str, list[float]] = {name: [] for name in runners}
-    for runner in runners.values():
-        time_calls(lambda r=runner: r(image), warmup_runs=5, timed_runs=1)
-    for _ in range(windows):
-        for name, runner in runners.items():
-            samples = time_calls(lambda r=runner: r(image), warmup_runs=1, timed_runs=runs)
-            window_medians[name].append(statistics.median(samples))
-    return {name: {"median_ms": statistics.median(m), "window_medians_ms": m} for name, m in window_medians.items()}
+    rule = WindowRule(warmup_runs=5, window_runs=runs, stable_windows=3, max_windows=max(3, windows))
+    measured = measure_interleaved({name: (lambda r=runner: r(image)) for name, runner in runners.items()}, rule)
+    return {name: {"median_ms": statistics.median(m.settled_samples_ms), "window_medians_ms": m.window_p50_ms,
+                   "converged": m.converged} for name, m in measured.items()}
 
 
 def bench_variant(variant: str, opset: int, threads: int, windows: int, runs: int) -> dict:
     model = load_model(None, variant, seed=0).model
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"plain": Path(tmp) / "plain.onnx", "folded": Path(tmp) / "folded.onnx"}
-        counts = {"plain": plain_export(model, paths["plain"], opset),
+        counts = {"plain": simplified_plain_export(model, paths["plain"], opset),
                   "folded": folded_export(model, paths["folded"], opset)}
         latency = interleaved_latency(paths, threads, windows, runs)
     totals = {name: sum(c.values()) for name, c in counts.items()}
@@ -107,7 +96,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["l1", "l3", "l7"], choices=["l1", "l3", "l7"])
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--windows", type=int, default=8, help="alternating measurement windows per model")
+    parser.add_argument("--windows", type=int, default=12, help="at most this many alternating windows per model")
     parser.add_argument("--runs", type=int, default=15, help="timed runs per window")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()

@@ -210,7 +210,7 @@ def _latency_panel(ax: Axes, variant: dict, colors: dict[str, str]) -> bool:
 def _variant_title(variant: dict) -> str:
     name = str(variant.get("variant", "?"))
     gmacs = (variant.get("cost") or {}).get("gmacs") or (variant.get("published") or {}).get("gmacs")
-    return f"{name} ({gmacs:g} GMACs)" if isinstance(gmacs, (int, float)) else name
+    return f"{name} ({gmacs:.2f} GMACs)" if isinstance(gmacs, (int, float)) else name
 
 
 def latency_plot(report: dict, path: Path) -> Path:
