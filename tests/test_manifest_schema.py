@@ -29,7 +29,7 @@ def test_the_schema_is_a_versioned_draft_2020_12_schema() -> None:
     schema = json.loads(SCHEMA_FILE.read_text())
     Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert schema["$id"] == SCHEMA_ID == "https://efexport.invalid/schemas/efexport.manifest-2.schema.json"
+    assert schema["$id"] == SCHEMA_ID == "https://efexport.invalid/schemas/efexport.manifest-3.schema.json"
     assert schema["title"] and schema["description"]
     assert schema["properties"]["schema"] == {"const": MANIFEST_SCHEMA}
     assert schema["additionalProperties"] is False

@@ -3,7 +3,8 @@
     python -m validate.bench_pipeline --variant l7 [--targets onnx,coreml,tensorrt] [--json FILE]
 
 Two runs, each a fresh Python process timed from the outside (so both include interpreter start-up and
-imports and are directly comparable), one after the other in this order:
+imports and are directly comparable), one after the other in this order (the pipeline first: whatever the
+first run pays for a cold page cache, e.g. reading the libraries, counts against the pipeline, not in its favour):
 
 1. **Pipeline**: ``efexport all --variant V --targets T --out TMP --profile --json --quiet``
    (``python -m exporter``). Its ``--json`` row per target gives the target's seconds and the per-stage profile
@@ -28,8 +29,11 @@ imports and are directly comparable), one after the other in this order:
      ``onnxsim.simplify``, ``onnx.save``, an onnxruntime session and the 8 inputs in one batch-8 call (as the
      pipeline's check of the prepared ONNX runs them).
 
-   Each call is tagged with the pipeline stage it corresponds to (load, capture, export, validate, benchmark;
-   imports count as start-up), so the excess of the pipeline can be given per stage.
+   Each call is tagged with the pipeline stage it corresponds to (load, reference, capture, export, validate,
+   benchmark; imports count as start-up), so the pipeline's excess can be given per stage ("startup" is each
+   process's wall time minus its stages or calls: interpreter start-up, imports, and for the pipeline whatever
+   runs between stages). The bare latency calls run the unfolded graph, slower under ONNX Runtime than the
+   folded one the pipeline times, so the benchmark stage's comparison favours the bare run a little.
 
 What the pipeline does beyond the bare calls, all counted as pipeline work:
 
@@ -415,6 +419,10 @@ def build_report(variant: str, targets: list[str], pipeline: ChildRun, pipeline_
     return {
         "schema": SCHEMA, "variant": variant, "targets": targets,
         "units": {"time": "seconds", "memory": "bytes (GB = 1e9 bytes)"},
+        "method": ("pipeline: efexport all --profile --json in a fresh process; bare: the same third-party calls a "
+                   "hand-written script makes for these targets (export, simplifier, Core ML conversion, runtime "
+                   "sessions and runs), each timed, in a second fresh process run after it; walls measured around "
+                   "each process (see validate/bench_pipeline.py)"),
         "efexport_version": versions.get("efexport"),
         "efexport_git_commit": versions.get("efexport_git_commit"),
         "versions": versions,
@@ -467,7 +475,9 @@ def _print_report(report: dict) -> None:
     console.print(table)
 
     stages = Table("stage", "pipeline s", "bare s", "excess s", "share of excess", "peak RSS",
-                   title="where the pipeline's extra time goes (all targets)", title_justify="left")
+                   title="where the pipeline's extra time goes (all targets)", title_justify="left",
+                   caption="bare s: the bare calls matching the stage; startup: process wall minus stages/calls "
+                           "(start-up, imports, between stages); peak RSS: the stage's largest over targets")
     peaks = report["memory"]["stage_peak_rss_bytes"]
     for s in report["by_stage"]:
         share = "-" if s["share_of_excess"] is None else f"{s['share_of_excess']:.0%}"
@@ -496,6 +506,8 @@ def _print_report(report: dict) -> None:
 
 
 def bench(variant: str, targets: list[str], keep: Path | None) -> tuple[dict, bool]:
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise SystemExit(f"--keep {keep}: give a new or empty directory")
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-")) if keep is None else keep
     work.mkdir(parents=True, exist_ok=True)
     try:
