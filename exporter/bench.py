@@ -198,6 +198,16 @@ class VariantBench:
                 "throughput": self.throughput, "own_timer": self.own_timer, "not_measured": self.not_measured}
 
 
+def matmul_gflops(threads: int, size: int = 1024) -> dict:
+    """What this machine's CPU reaches on a large float32 matrix product with the same threads (PyTorch's
+    BLAS): the practical peak the backends' achieved GFLOP/s are compared with."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    measurement = measure_interleaved({"mm": lambda: torch.mm(a, b)}, WindowRule(3, 10, 3, 0.05, 12))["mm"]
+    p50 = measurement.stats().p50
+    return {"what": f"torch.mm {size}x{size} float32, {threads} threads", "gflops_per_s": 2 * size**3 / (p50 / 1000)
+            / 1e9, "p50_ms": p50, "converged": measurement.converged}
+
+
 def _gflops(macs: int, batch: int, p50_ms: float) -> float:
     return 2 * macs * batch / (p50_ms / 1000) / 1e9
 
@@ -288,6 +298,11 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] = lambda 
         raise UsageError(f"--targets: unknown target {unknown[0]!r}; choose from {', '.join(TARGETS)}")
     with pinned_torch_threads(settings.threads):
         results = [bench_variant(v, settings, progress).to_dict() for v in settings.variants]
+        peak = matmul_gflops(settings.threads)
+    for variant in results:
+        for row in variant["backends"] + variant["throughput"]:
+            row["fraction_of_matmul_peak"] = row["gflops_per_s"] / peak["gflops_per_s"]
     return {"schema": BENCH_SCHEMA, "device": host_fingerprint(), "threads": settings.threads,
+            "machine_matmul_peak": peak,
             "method": settings.rule.describe() + "; backends interleaved window by window, order alternating",
             "batches": list(settings.batches), "variants": results}

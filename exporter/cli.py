@@ -400,7 +400,8 @@ def _usage(message: str) -> EfexportError:
 
 
 def _export_one(target: str, overrides: dict[str, Any], variant: Variant | None, weights: Path | None, seed: int,
-                out: Path, force: bool, console: Console | None, bundle_dir: Path | None, profile: bool) -> dict:
+                out: Path, force: bool, console: Console | None, bundle_dir: Path | None, profile: bool,
+                shared: Any) -> dict:
     """One target of ``efexport all``: its outcome as a row; a user-facing error is a failed row, not an abort."""
     from exporter.bundle import write_bundle
     from exporter.pipeline import ExportRequest, StageReporter, run_export
@@ -413,7 +414,7 @@ def _export_one(target: str, overrides: dict[str, Any], variant: Variant | None,
         recipe, path = _load_target_recipe(target, None, overrides, None)
         request = ExportRequest(variant=variant.value if variant else None, weights=weights, seed=seed, out_dir=out,
                                 recipe=recipe, recipe_source=str(path), force=force)
-        result = run_export(request, reporter)
+        result = run_export(request, reporter, shared)
         engine = result.manifest["target"].get("engine")
         row |= {"status": "ok" if engine is None or engine["built"] else "no-engine", "exit_code": 0,
                 "artifact": str(result.artifact), "package": result.manifest["package"],
@@ -474,13 +475,16 @@ def all_command(
     unknown = [name for name in names if name not in TargetName.__members__]
     if unknown or not names:
         raise _fail(_usage(f"--targets {targets}: choose from {', '.join(TargetName.__members__)}"), as_json)
+    from exporter.pipeline import SharedInputs
+
     console = _stderr(quiet)
     rows = []
+    shared = SharedInputs()  # the model is loaded, and its reference outputs computed, once for all targets
     try:
         for name in names:
             overrides = {"tensorrt.require_engine": True} if name == "tensorrt" and require_engine else {}
             rows.append(_export_one(name, overrides, variant, weights, seed, out, force, console, bundle_dir,
-                                    profile))
+                                    profile, shared))
     except KeyboardInterrupt:
         Console(stderr=True).print("[bold red]interrupted[/]: the target in progress wrote nothing")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
@@ -624,9 +628,9 @@ def _batch_list(text: str, flag: str) -> tuple[int, ...]:
 
 
 def _bench_table(report: dict) -> Table:
+    title = f"efexport bench: batch 1, host end-to-end, {report['threads']} threads, {report['device']['cpu']}"
     table = Table("variant", "backend", "p50 ms", "p90 ms", "p99 ms", "noise", "windows", "images/s", "GFLOP/s",
-                  "vs eager", title=f"efexport bench: batch 1, host end-to-end, {report['threads']} threads, "
-                                    f"{report['device']['cpu']}", title_justify="left")
+                  "of peak", "vs eager", title=title, title_justify="left")
     for variant in report["variants"]:
         for b in variant["backends"]:
             latency = b["latency"]
@@ -635,12 +639,14 @@ def _bench_table(report: dict) -> Table:
             table.add_row(variant["variant"], b["name"], f"{stats['p50']:.2f}", f"{stats['p90']:.2f}",
                           f"{stats['p99']:.2f}", f"{latency['noise']:.1%}", windows,
                           f"{latency['images_per_second']:.1f}", f"{b['gflops_per_s']:.1f}",
-                          f"{b['speedup_over_eager']:.2f}x")
+                          f"{b['fraction_of_matmul_peak']:.0%}", f"{b['speedup_over_eager']:.2f}x")
         cost, published = variant["cost"], variant["published"]
         table.add_row(variant["variant"], f"[dim]cost: {cost['gmacs']:.2f} GMACs (published {published['gmacs']}), "
                                           f"{cost['pytorch_parameters'] / 1e6:.2f} M parameters (published "
                                           f"{published['params_m']})[/]", end_section=True)
-    table.caption = report["method"]
+    peak = report["machine_matmul_peak"]
+    table.caption = (f"{report['method']}. Peak for comparison: {peak['what']} reaches {peak['gflops_per_s']:.1f} "
+                     "GFLOP/s here.")
     return table
 
 

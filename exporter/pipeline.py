@@ -25,7 +25,7 @@ from exporter.recipes import Recipe
 from exporter.runtimes import measure_latency, runtime_parity, timed_runtimes
 from exporter.stages.capture import capture
 from exporter.stages.fold import fold_model, fold_probe
-from exporter.stages.load import load_model
+from exporter.stages.load import LoadedModel, load_model
 from exporter.stages.package import build_manifest, package
 from exporter.targets import TARGETS, Runner
 from validate.parity import compare_outputs
@@ -92,6 +92,31 @@ class StageReporter:
 TRACE_FILE = "op_trace.json"
 
 
+class SharedInputs:
+    """What several exports of one model (``efexport all``) load once and share: the loaded model and its
+    reference outputs. Safe to share: the fold stage works on a copy, so the loaded model is never changed."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, LoadedModel] = {}
+        self._references: dict[tuple, ReferenceSet] = {}
+
+    def model(self, weights: Path | None, variant: str | None, seed: int) -> tuple[LoadedModel, bool]:
+        """The loaded model, and whether it was loaded before."""
+        key = (str(weights) if weights else None, variant, seed)
+        shared = key in self._models
+        if not shared:
+            self._models[key] = load_model(weights, variant, seed)
+        return self._models[key], shared
+
+    def reference(self, loaded: LoadedModel, recipe: Recipe) -> ReferenceSet:
+        parity = recipe.parity
+        key = (id(loaded), parity.seed, parity.noise_inputs, parity.image_inputs, recipe.export.image_size)
+        if key not in self._references:
+            self._references[key] = build_reference_set(loaded.model, parity.seed, parity.noise_inputs,
+                                                        parity.image_inputs, recipe.export.image_size)
+        return self._references[key]
+
+
 def artifact_dir(out_dir: Path, variant: str, target: str, precision: str) -> Path:
     return out_dir / f"efficientformer-{variant}" / f"{target}-{precision}"
 
@@ -105,12 +130,16 @@ def _gated_parity(runner: Runner, reference: ReferenceSet, recipe: Recipe) -> di
     return report.to_dict()
 
 
-def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
+def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedInputs | None = None) -> ExportResult:
+    """One export; ``shared`` lets several exports of the same model (``efexport all``) load it once."""
     recipe = request.recipe
     target = TARGETS[recipe.target]
+    shared = shared or SharedInputs()
     check_output_root(request.out_dir)
     with reporter.stage("load", "reading weights"):
-        loaded = load_model(request.weights, request.variant, request.seed)
+        loaded, reused = shared.model(request.weights, request.variant, request.seed)
+    if reused:
+        reporter.note("[dim]load: the model loaded for the previous target, shared[/]")
     if loaded.is_random:
         reporter.note(f"[yellow]warning:[/] no --weights: EfficientFormer-{loaded.variant} is randomly initialised "
                       f"(seed {request.seed}); the artifact is marked random-init and is not for deployment")
@@ -120,8 +149,7 @@ def run_export(request: ExportRequest, reporter: StageReporter) -> ExportResult:
     image_size = recipe.export.image_size
 
     with reporter.stage("reference", "PyTorch outputs on the reference inputs"):
-        reference = build_reference_set(loaded.model, recipe.parity.seed, recipe.parity.noise_inputs,
-                                        recipe.parity.image_inputs, image_size)
+        reference = shared.reference(loaded, recipe)
     with reporter.stage("fold", ", ".join(recipe.fold.passes) or "no passes"):
         folded = fold_model(loaded.model, list(recipe.fold.passes), fold_probe(reference.inputs, reference.kinds),
                             max_abs=recipe.fold.max_abs)

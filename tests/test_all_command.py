@@ -32,6 +32,7 @@ def test_all_carries_on_past_a_failing_target_and_reports_it_and_profiles_it(tmp
     assert verify_package(Path(rows["tensorrt"]["bundle"]["path"])).passed
     table = result.stderr.replace("\n", " ")
     assert "efexport all" in table and "failed" in table and "no-engine" in table
+    assert "the model loaded for the previous target, shared" in table  # loaded once, for onnx
 
     # --profile: wall time and peak RSS per stage of each target, the failed target's stages included
     profiles = {row["target"]: row["profile"] for row in summary["targets"]}

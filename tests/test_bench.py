@@ -79,9 +79,11 @@ def test_ratios_costs_and_published_figures(bench: tuple[dict, Path]) -> None:
     cost = variant["cost"]
     assert cost["gmacs"] == pytest.approx(variant["published"]["gmacs"], rel=0.01)  # 1.29 counted vs 1.30 published
     assert cost["pytorch_parameters"] / 1e6 == pytest.approx(variant["published"]["params_m"], abs=0.01)
+    peak = report["machine_matmul_peak"]["gflops_per_s"]
     for backend in variant["backends"]:
         expected = 2 * cost["macs"] / (backend["latency"]["stats_ms"]["p50"] / 1000) / 1e9
         assert backend["gflops_per_s"] == pytest.approx(expected)
+        assert backend["fraction_of_matmul_peak"] == pytest.approx(expected / peak)
     assert variant["published"]["status"] == "published, not measured here"
 
 

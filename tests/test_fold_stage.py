@@ -11,7 +11,7 @@ from torch import nn
 from exporter.errors import ExitCode, ParityError
 from exporter.passes import ALL_PASSES, ModelPass, PassResult
 from exporter.recipes import default_recipe_path, load_recipe
-from exporter.stages.fold import fold_model, fold_probe
+from exporter.stages.fold import fold_model, fold_probe, traced_op_counts, traced_run
 from tests.helpers import realistic_model, run_cli
 from validate.reference import make_reference_inputs
 
@@ -74,3 +74,15 @@ def test_fold_probe_takes_the_first_input_of_each_kind() -> None:
     probe = fold_probe(inputs, kinds)
     assert probe.shape[0] == 2
     assert (probe[0] == inputs[0]).all() and (probe[1] == inputs[3]).all()
+
+
+def test_one_traced_forward_gives_both_the_outputs_and_the_op_counts() -> None:
+    """The fold stage checks each pass and counts its ops from one forward pass; both must be what a plain
+    forward and a separate trace give."""
+    model = realistic_model("l1").eval()
+    probe = torch.from_numpy(PROBE)
+    outputs, counts = traced_run(model, probe)
+    with torch.no_grad():
+        assert torch.equal(outputs, model(probe))
+    assert counts == traced_op_counts(model, probe[:1])  # the batch does not change the traced ops
+    assert counts["batch_norm"] > 0 and all(p.requires_grad for p in model.parameters())

@@ -56,8 +56,9 @@ def count_stored_values(model: nn.Module) -> int:
     return sum(t.numel() for t in tensors)
 
 
-def traced_op_counts(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    """aten op kinds and counts of the model's TorchScript trace for ``example``.
+def traced_run(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, int]]:
+    """The model's outputs for ``inputs`` and the aten op kinds and counts of its TorchScript trace, from one
+    forward pass (tracing runs the model: its outputs are the real ones).
 
     The model is traced as a function (parameters become constants), not as a module: the same ops (checked on
     l1 and l7 after every pass of both pass lists) at a third of the cost, since no script module is built per
@@ -65,17 +66,28 @@ def traced_op_counts(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """
     params = list(model.parameters())
     requires_grad = [p.requires_grad for p in params]
+    outputs: list[torch.Tensor] = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        outputs.append(model(batch))
+        return outputs[-1]
+
     for p in params:
         p.requires_grad_(False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            graph = torch.jit.trace(lambda inputs: model(inputs), example, check_trace=False).inlined_graph
+            graph = torch.jit.trace(forward, inputs, check_trace=False).inlined_graph
     finally:
         for p, flag in zip(params, requires_grad, strict=True):
             p.requires_grad_(flag)
     counts = Counter(node.kind().removeprefix("aten::") for node in graph.nodes() if node.kind().startswith("aten::"))
-    return dict(sorted(counts.items()))
+    return outputs[0].detach(), dict(sorted(counts.items()))
+
+
+def traced_op_counts(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """aten op kinds and counts of the model's TorchScript trace for ``example``."""
+    return traced_run(model, example)[1]
 
 
 def fold_probe(inputs: np.ndarray, kinds: tuple[str, ...]) -> np.ndarray:
@@ -88,18 +100,20 @@ def fold_model(model: nn.Module, pass_names: list[str], probe_inputs: np.ndarray
     """Apply passes in order to a deep copy; a pass whose result drifts past the gate stops the pipeline."""
     probe = torch.from_numpy(probe_inputs)
     exact = copy.deepcopy(model).eval().double()(probe.double())
-    noise_floor = float((model.eval()(probe).double() - exact).abs().max())
-    allowed = max(max_abs, 2 * noise_floor)
     folded = copy.deepcopy(model).eval()
-    example = probe[:1]
-    ops = initial_ops = traced_op_counts(folded, example)
+    unfolded, initial_ops = traced_run(folded, probe)  # one forward gives the outputs and the op counts
+    noise_floor = float((unfolded.double() - exact).abs().max())
+    allowed = max(max_abs, 2 * noise_floor)
+    ops = initial_ops
     records = []
     for name in pass_names:
         before, ops_before = count_stored_values(folded), sum(ops.values())
         result = ALL_PASSES[name]()(folded)
-        error = float((folded(probe).double() - exact).abs().max())
         if result.changed:
-            ops = traced_op_counts(folded, example)
+            outputs, ops = traced_run(folded, probe)
+        else:
+            outputs = folded(probe)
+        error = float((outputs.double() - exact).abs().max())
         records.append(PassRecord(name, result.changed, result.rewrites, before, count_stored_values(folded),
                                   ops_before, sum(ops.values()), error))
         if not error <= allowed:
