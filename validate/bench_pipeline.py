@@ -37,7 +37,8 @@ first run pays for a cold page cache, e.g. reading the libraries, counts against
 
 What the pipeline does beyond the bare calls, all counted as pipeline work:
 
-* per target, it builds the model again (load) and computes the PyTorch reference outputs (reference);
+* it builds the model (load) and computes the PyTorch reference outputs (reference): per target, or once when
+  its targets share them;
 * fold passes, each checked against the unfolded model in float64 and re-traced to count ops (fold);
 * a ``torch.jit.trace`` of the folded model checked against it (capture), which the export then reuses;
 * ONNX: ``constants_to_initializers`` and ``onnx.checker.check_model``; TensorRT: the op-support check, build
@@ -466,8 +467,8 @@ def _print_report(report: dict) -> None:
         table.add_row(t["target"], t["status"], f"{t['pipeline_seconds']:.1f}", f"{t['bare_seconds']:.1f}",
                       "-" if t["ratio"] is None else f"{t['ratio']:.2f}x", stages, calls)
     shared = [c for c in report["bare"]["calls"] if c["group"] == "shared"]
-    table.add_row("shared", "", "", f"{sum(c['seconds'] for c in shared):.1f}", "", "(the pipeline does these per "
-                  "target, inside load/reference; imports outside)",
+    table.add_row("shared", "", "", f"{sum(c['seconds'] for c in shared):.1f}", "", "(bare: imports, the model "
+                  "and the inputs, once for all targets)",
                   ", ".join(f"{c['call']} {c['seconds']:.1f}" for c in shared), end_section=True)
     table.add_row("[bold]processes[/]", "", f"{totals['pipeline_wall_seconds']:.1f}",
                   f"{totals['bare_wall_seconds']:.1f}", f"[bold]{totals['ratio']:.2f}x[/]",
