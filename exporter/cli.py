@@ -405,7 +405,7 @@ def _export_one(target: str, overrides: dict[str, Any], variant: Variant | None,
     """One target of ``efexport all``: its outcome as a row; a user-facing error is a failed row, not an abort."""
     from exporter.bundle import write_bundle
     from exporter.pipeline import ExportRequest, StageReporter, run_export
-    from exporter.profiling import PipelineProfiler
+    from exporter.profiling import PipelineProfiler, release_memory
 
     row: dict[str, Any] = {"target": target}
     start = time.perf_counter()
@@ -426,6 +426,7 @@ def _export_one(target: str, overrides: dict[str, Any], variant: Variant | None,
         if console:
             where = f"[{exc.stage}] " if exc.stage else ""
             console.print(f"[bold red]{target} failed:[/] {escape(where + str(exc))}", highlight=False)
+    release_memory()  # the next target starts from what is in use, not from this one's high-water mark
     row["seconds"] = round(time.perf_counter() - start, 1)
     if reporter.profiler:
         row["profile"] = reporter.profiler.to_dict()  # the stages that ran, a failed one included

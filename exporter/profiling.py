@@ -310,3 +310,21 @@ class PipelineProfiler:
             "seconds": round(sum(s.seconds for s in self.stages), 3),
             "method": methods[0] if len(methods) == 1 else ("+".join(methods) or None),
         }
+
+
+def release_memory() -> bool:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so the next export of
+    ``efexport all`` starts from what is still in use rather than from the last export's high-water mark.
+    Returns whether the heap could be trimmed (glibc only)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
