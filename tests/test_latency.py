@@ -77,16 +77,20 @@ def test_a_call_that_never_settles_stops_at_the_cap_and_says_so() -> None:
 
 
 def test_windows_alternate_and_run_until_every_call_has_settled() -> None:
-    clock = ScriptedClock()
-    runs = RULE.window_runs
-    late = script((1.0, RULE.warmup_runs), (8.0, runs), (4.0, runs), (2.0, runs), then=1.0)
-    measured = measure_interleaved({"a": clock.call("a", forever(3.0)), "b": clock.call("b", late)}, RULE, clock)
+    clock, pauses = ScriptedClock(), []
+    calls = RULE.window_runs + 1  # with two callables, each window starts with one untimed call
+    late = script((1.0, RULE.warmup_runs), (8.0, calls), (4.0, calls), (2.0, calls), then=1.0)
+    measured = measure_interleaved({"a": clock.call("a", forever(3.0)), "b": clock.call("b", late)}, RULE, clock,
+                                   pause=lambda: pauses.append(len(clock.calls)))
     a, b = measured["a"], measured["b"]
     assert len(a.window_samples_ms) == len(b.window_samples_ms) >= 6  # "a" kept running until "b" settled
     assert a.converged and b.converged and a.interleaved_with == ("b",) and b.interleaved_with == ("a",)
+    assert b.window_p50_ms[:3] == [8.0, 4.0, 2.0]  # the untimed call is not in the window
     timed = clock.calls[2 * RULE.warmup_runs:]
-    firsts = [timed[i * 2 * RULE.window_runs] for i in range(len(a.window_samples_ms))]
+    firsts = [timed[i * 2 * calls] for i in range(len(a.window_samples_ms))]
     assert firsts[:4] == ["a", "b", "a", "b"]  # A B, B A, A B, B A: neither always runs first
+    assert pauses == [2 * RULE.warmup_runs + i * calls for i in range(2 * len(a.window_samples_ms))]
+    assert "pause" in a.method()["window_start"]
 
 
 @pytest.mark.parametrize("bad", [dict(window_runs=0), dict(stable_windows=1), dict(stable_within=0.0),

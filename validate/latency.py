@@ -107,7 +107,9 @@ class Measurement:
                 "stable_windows": self.rule.stable_windows, "stable_within": self.rule.stable_within,
                 "max_windows": self.rule.max_windows, "windows": len(self.window_samples_ms),
                 "converged": self.converged, "window_p50_ms": [round(m, 4) for m in self.window_p50_ms],
-                "interleaved_with": list(self.interleaved_with)}
+                "interleaved_with": list(self.interleaved_with),
+                "window_start": (f"{SWITCH_PAUSE_S} s pause and one untimed call (other runtimes' threads quiet)"
+                                 if self.interleaved_with else "directly")}
 
 
 def time_calls(call: Callable[[], object], warmup_runs: int, timed_runs: int,
@@ -123,13 +125,22 @@ def time_calls(call: Callable[[], object], warmup_runs: int, timed_runs: int,
     return samples
 
 
+SWITCH_PAUSE_S = 0.2  # longer than the runtimes' worker threads spin after their last call (OpenMP, ORT)
+
+
 def measure_interleaved(calls: Mapping[str, Callable[[], object]], rule: WindowRule,
-                        clock: Callable[[], int] = time.perf_counter_ns) -> dict[str, Measurement]:
+                        clock: Callable[[], int] = time.perf_counter_ns,
+                        pause: Callable[[], None] = lambda: time.sleep(SWITCH_PAUSE_S)) -> dict[str, Measurement]:
     """Measure every callable under ``rule``, one window each in turn, the order reversed every window so none
-    always runs first. Stops when all have settled at once, or at ``rule.max_windows``."""
+    always runs first. Stops when all have settled at once, or at ``rule.max_windows``.
+
+    Switching runtimes in one process costs the next window: PyTorch's OpenMP workers and ONNX Runtime's pool
+    keep spinning for a while after their last call, competing for the cores. So with more than one callable,
+    each window starts after ``pause`` and one untimed call."""
     names = list(calls)
     if not names:
         return {}
+    switching = len(names) > 1
     for name in names:
         time_calls(calls[name], rule.warmup_runs, 0, clock)
     windows: dict[str, list[tuple[float, ...]]] = {name: [] for name in names}
@@ -140,7 +151,9 @@ def measure_interleaved(calls: Mapping[str, Callable[[], object]], rule: WindowR
 
     for index in range(rule.max_windows):
         for name in names if index % 2 == 0 else reversed(names):
-            windows[name].append(tuple(time_calls(calls[name], 0, rule.window_runs, clock)))
+            if switching:
+                pause()
+            windows[name].append(tuple(time_calls(calls[name], int(switching), rule.window_runs, clock)))
         if all(settled(name) for name in names):
             break
     return {name: Measurement(rule, tuple(windows[name]), tuple(n for n in names if n != name)) for name in names}
