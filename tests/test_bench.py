@@ -26,7 +26,7 @@ def efexport(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not module: xdist interleaves modules on a worker, which would bench again
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """One bench of l1 over a root holding its ONNX and Core ML packages."""
     root = tmp_path_factory.mktemp("bench-root")

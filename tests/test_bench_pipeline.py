@@ -16,8 +16,12 @@ import pytest
 from tests.helpers import REPO
 from validate.bench_pipeline import STAGES, STARTUP, _goal, main
 
+# One worker runs every test that reads the report, and the report is made once per session: with a module scope,
+# xdist's interleaving of modules on a worker would tear it down and run the benchmark again.
+pytestmark = pytest.mark.xdist_group("bench-pipeline")
 
-@pytest.fixture(scope="module")
+
+@pytest.fixture(scope="session")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench-pipeline") / "report.json"
     result = subprocess.run([sys.executable, "-m", "validate.bench_pipeline", "--variant", "l1", "--targets", "onnx",
