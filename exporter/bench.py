@@ -242,13 +242,16 @@ def bench_variant(variant: str | None, settings: BenchSettings, progress: Callab
             onnx_backend("onnxruntime-folded", f"ONNX Runtime, efexport's export (opset {settings.opset}, folded, "
                                                f"{recipe.export.simplifier})", folded_path, example, settings.threads),
         ]
+        not_measured: dict[str, str] = {}
         if settings.compile:
             progress(f"{loaded.variant}: torch.compile")
-            compiled = torch.compile(folded)
-            backends.append(torch_backend("pytorch-compiled", "torch.compile (inductor) of the folded model",
-                                          compiled, example, settings.threads))
-            backends[-1].call_with(1)()  # compile now, not inside the warm-up of the first window
-        not_measured: dict[str, str] = {}
+            compiled = torch_backend("pytorch-compiled", "torch.compile (inductor) of the folded model",
+                                     torch.compile(folded), example, settings.threads)
+            try:
+                compiled.call_with(1)()  # compile now, not inside the warm-up of the first window
+                backends.append(compiled)
+            except Exception as exc:  # e.g. no C++ compiler for inductor: the other backends still count
+                not_measured["pytorch-compiled"] = f"torch.compile failed: {type(exc).__name__}: {exc}"[:500]
         for target, packages in package_dirs(settings.packages_root, loaded.variant, settings.targets).items():
             if not packages:
                 not_measured[target] = (f"no {target} package of {loaded.variant} under {settings.packages_root} "
