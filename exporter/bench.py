@@ -78,7 +78,6 @@ class Backend:
     threads: int | None
     run: Callable[[np.ndarray], object]
     example: np.ndarray  # one input (1, 3, H, W) it takes
-    static_batch: int | None = 1  # None: any batch
     compute_units: str | None = None
     own_timer: Callable[[], list[LatencyReport]] | None = None  # e.g. a TensorRT engine's CUDA-event timing
 
@@ -108,7 +107,7 @@ def torch_backend(name: str, description: str, model: torch.nn.Module, example: 
     def run(inputs: np.ndarray) -> object:
         return model(torch.from_numpy(inputs))
 
-    return Backend(name, description, "pytorch", torch.__version__, "fp32", threads, run, example, None)
+    return Backend(name, description, "pytorch", torch.__version__, "fp32", threads, run, example)
 
 
 def plain_export(model: torch.nn.Module, path: Path, opset: int, dynamic_batch: bool = True) -> onnx.ModelProto:
@@ -127,8 +126,7 @@ def plain_export(model: torch.nn.Module, path: Path, opset: int, dynamic_batch: 
 
 def onnx_backend(name: str, description: str, path: Path, example: np.ndarray, threads: int) -> Backend:
     runner = OnnxRunner(path, threads)
-    return Backend(name, description, runner.backend, runner.runtime_version, "fp32", threads, runner, example,
-                   runner.static_batch)
+    return Backend(name, description, runner.backend, runner.runtime_version, "fp32", threads, runner, example)
 
 
 def onnx_recipe(opset: int) -> Recipe:
@@ -156,9 +154,10 @@ def package_backends(package: Path, threads: int) -> tuple[list[Backend], dict[s
     recipe = Recipe.model_validate(manifest["recipe"]["values"])
     model_path = package / manifest["target"]["model_file"]
     runner = target.open_runner(model_path, threads)
-    others, missing = other_runtimes_present(target, model_path, recipe)
+    others, absent = other_runtimes_present(target, model_path, recipe)
     reference = ReferenceSet.load(package / REFERENCE_FILE)
     label = package.name
+    missing = {f"{label}: {runtime}": why for runtime, why in absent.items()}
     backends = []
     for timed in timed_runtimes(runner, others):
         keep = accepted_inputs(timed, reference)
@@ -168,11 +167,10 @@ def package_backends(package: Path, threads: int) -> tuple[list[Backend], dict[s
         timer = (lambda t=timed, r=recipe: t.latency_reports(r)) if hasattr(timed, "latency_reports") else None
         backends.append(Backend(f"package {label} on {timed.backend}", f"built package {package}", timed.backend,
                                 timed.runtime_version, manifest["target"]["precision"], timed.threads, timed,
-                                reference.inputs[keep[0]:keep[0] + 1], timed.static_batch,
-                                getattr(timed, "compute_units", None), timer))
+                                reference.inputs[keep[0]:keep[0] + 1], getattr(timed, "compute_units", None), timer))
     if not backends and not missing:
         missing[label] = f"{target.name}: only a reference execution runs here ({target.latency_unavailable})"
-    return backends, {f"{label}: {k}" if not k.startswith(label) else k: v for k, v in missing.items()}
+    return backends, missing
 
 
 @dataclass
