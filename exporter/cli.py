@@ -3,7 +3,7 @@
 Console output (progress, warnings, errors) goes to stderr; ``--json`` prints one JSON document on stdout.
 Exit codes: see ``exporter.errors.ExitCode`` (0 ok, 2 usage, 3 bad input, 4 output, 5 parity, 6 verify,
 7 stage failed, 8 TensorRT without an engine, 9 engine required but impossible, 10 publish refused, 11 publish
-failed, 130 interrupted, 1 internal error).
+failed, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 1 internal error).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ EXIT_CODES_HELP = (
     "writable, 5 parity gate failed, 6 verification failed, 7 a wrapped tool failed in a stage, 8 TensorRT: "
     "portable half written but no engine built here, 9 TensorRT --require-engine: no engine possible here, "
     "10 publish refused (does not verify, gates, random weights, version taken), 11 publish destination failed "
-    "(unreachable, denied, upload did not verify), 130 interrupted, 1 internal error."
+    "(unreachable, denied, upload did not verify), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 1 internal "
+    "error."
 )
 
 app = typer.Typer(
@@ -113,7 +114,7 @@ def _run_guarded(as_json: bool, work: Any) -> Any:
         raise _fail(exc, as_json) from None
     except KeyboardInterrupt:
         Console(stderr=True).print("[bold red]interrupted[/]: nothing was written")
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        raise typer.Exit(int(interrupts.exit_code())) from None
 
 
 def _passes_without(recipe: Any, no_pass: list[str] | None) -> list[str] | None:
@@ -488,7 +489,7 @@ def all_command(
                                     profile, shared))
     except KeyboardInterrupt:
         Console(stderr=True).print("[bold red]interrupted[/]: the target in progress wrote nothing")
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        raise typer.Exit(int(interrupts.exit_code())) from None
     failed = [row for row in rows if row["status"] == "failed"]
     profiles = [(row["target"], row["profile"]) for row in rows if row.get("profile")]
     if as_json:
@@ -828,4 +829,4 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        sys.exit(int(ExitCode.INTERRUPTED))
+        sys.exit(int(interrupts.exit_code()))

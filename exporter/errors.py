@@ -21,7 +21,8 @@ class ExitCode(IntEnum):
     ENGINE_REQUIRED = 9  # TensorRT with --require-engine: no engine could be built here; nothing was written
     PUBLISH_REFUSED = 10  # publish: the package may not be published (gates, random weights, version taken)
     PUBLISH_FAILED = 11  # publish: the destination failed (unreachable, denied, upload did not verify)
-    INTERRUPTED = 130
+    INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2, as a shell reports it
+    TERMINATED = 143  # SIGTERM (a CI timeout, kill): 128 + 15
 
 
 class EfexportError(Exception):

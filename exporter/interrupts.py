@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import signal
 
+from exporter.errors import ExitCode
+
 _received: int | None = None
 
 
@@ -26,3 +28,8 @@ def install() -> None:
 def raise_if_interrupted() -> None:
     if _received is not None:
         raise KeyboardInterrupt
+
+
+def exit_code() -> ExitCode:
+    """128 + the signal, as shells report it: 130 for Ctrl-C, 143 for SIGTERM (a plain KeyboardInterrupt: 130)."""
+    return ExitCode.TERMINATED if _received == signal.SIGTERM else ExitCode.INTERRUPTED
