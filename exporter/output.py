@@ -23,8 +23,10 @@ def check_output_root(root: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise OutputError(f"cannot write to {root}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to {root}: {existing} is not writable")
+    try:  # a real probe: os.access says yes to root even on a read-only mount or a pseudo-filesystem
+        os.rmdir(tempfile.mkdtemp(prefix=".efexport-probe-", dir=existing))
+    except OSError as exc:
+        raise OutputError(f"cannot write to {root}: {existing} is not writable ({exc.strerror or exc})") from None
 
 
 def check_destination(final: Path, force: bool) -> None:
