@@ -48,6 +48,7 @@ from validate.reference import ReferenceSet, make_reference_inputs
 
 BENCH_SCHEMA = "efexport.bench/1"
 SWEEP_BATCHES = (1, 2, 4, 8, 16, 32)
+MAX_SWEEP_BATCH = 1024  # the recipes' latency.batch_size cap; a batch of 100000 is a 60 GB input
 SWEPT_BACKENDS = ("onnxruntime-plain", "onnxruntime-folded")
 EAGER = "pytorch-eager"
 
@@ -294,6 +295,9 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] = lambda 
                          "at a time with their checkpoints")
     if any(b < 1 for b in settings.batches):
         raise UsageError(f"--batches {','.join(map(str, settings.batches))}: batch sizes must be at least 1")
+    if any(b > MAX_SWEEP_BATCH for b in settings.batches):
+        raise UsageError(f"--batches {','.join(map(str, settings.batches))}: batch sizes must be at most "
+                         f"{MAX_SWEEP_BATCH}")
     unknown = [t for t in settings.targets if t not in TARGETS]
     if unknown:
         raise UsageError(f"--targets: unknown target {unknown[0]!r}; choose from {', '.join(TARGETS)}")

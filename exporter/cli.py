@@ -71,7 +71,9 @@ WeightsOpt = Annotated[
                                          "the model is randomly initialised (artifact marked random-init).",
                  show_default=False),
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random initialisation (without --weights).")]
+# torch.Generator takes seeds up to 2**64 - 1; a larger one would fail deep in the load stage
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**64 - 1,
+                                      help="Seed of the random initialisation (without --weights).")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output root; the artifact goes to "
                                                           "OUT/efficientformer-VARIANT/TARGET-PRECISION/.")]
 RecipeOpt = Annotated[
@@ -477,6 +479,13 @@ def all_command(
     unknown = [name for name in names if name not in TargetName.__members__]
     if unknown or not names:
         raise _fail(_usage(f"--targets {targets}: choose from {', '.join(TargetName.__members__)}"), as_json)
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # the second export of a target would only find the first one's package in its way
+        raise _fail(_usage(f"--targets {targets}: {', '.join(twice)} given twice"), as_json)
+    if bundle_dir is not None:  # before any export: a package must not be written only to fail at its bundle
+        from exporter.output import check_output_root
+
+        _run_guarded(as_json, lambda: check_output_root(bundle_dir))
     from exporter.pipeline import SharedInputs
 
     console = _stderr(quiet)
@@ -562,7 +571,13 @@ def verify_command(
     report = _run_guarded(as_json, lambda: verify_package(path, threads, latency))
     document = json.dumps(report.to_dict(), indent=2)
     if report_file is not None:
-        report_file.write_text(document + "\n")
+        try:
+            report_file.write_text(document + "\n")
+        except OSError as exc:
+            from exporter.errors import OutputError
+
+            raise _fail(OutputError(f"--report {report_file}: cannot write it: {exc.strerror or exc}"),
+                        as_json) from None
     if as_json:
         print(document)
     console = _stderr(quiet)
@@ -598,9 +613,12 @@ def bundle_command(
 ) -> None:
     """Verify a package, then write it as one reproducible zip (same package, same bytes) with a sha256sum file:
     OUT/efficientformer-VARIANT-TARGET-PRECISION.zip and .zip.sha256."""
-    from exporter.bundle import write_bundle
+    from exporter.bundle import is_bundle, write_bundle
 
     def work() -> Any:
+        if is_bundle(package) and package.is_file():
+            raise _usage(f"{package} is a bundle already: efexport bundle takes a package directory "
+                         "(efexport verify checks a bundle)")
         _verified_or_fail(package, threads)
         return write_bundle(package, out)
 

@@ -28,6 +28,7 @@ from exporter.stages.fold import fold_model, fold_probe
 from exporter.stages.load import LoadedModel, load_model
 from exporter.stages.package import build_manifest, package
 from exporter.targets import TARGETS, Runner
+from validate.isolated import outputs_isolated
 from validate.parity import compare_outputs
 from validate.reference import ReferenceSet, build_reference_set
 
@@ -161,8 +162,10 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
             exported = target.export(captured, staging, recipe)
             reference.save(staging / REFERENCE_FILE)
         with reporter.stage("validate", f"{target.name} vs PyTorch on {len(reference.inputs)} inputs"):
-            runner = target.open_runner(exported.path, recipe.latency.threads)
-            parity = compare_outputs(runner(reference.inputs), reference.outputs, reference.kinds,
+            outputs = outputs_isolated(lambda inputs: target.open_runner(exported.path, recipe.latency.threads)(inputs),
+                                       reference.inputs, f"{target.name} parity run")
+            runner = target.open_runner(exported.path, recipe.latency.threads)  # opened here once it proved safe
+            parity = compare_outputs(outputs, reference.outputs, reference.kinds,
                                      recipe.tolerances(getattr(runner, "precision", None)))
             if not parity.passed:
                 raise ParityError("parity gate failed: " + "; ".join(parity.failures[:5]))

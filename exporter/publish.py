@@ -399,8 +399,13 @@ def _local_root(root: Path) -> Path:
     existing = root
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise PublishError(f"{root}: cannot create or write the registry directory ({existing} is not writable)")
+    try:  # a real probe: os.access says yes to root even on a read-only mount or a pseudo-filesystem
+        if not existing.is_dir():
+            raise NotADirectoryError
+        os.rmdir(tempfile.mkdtemp(prefix=".efexport-probe-", dir=existing))
+    except OSError:
+        raise PublishError(f"{root}: cannot create or write the registry directory ({existing} is not writable)") \
+            from None
     return root
 
 
@@ -577,6 +582,16 @@ def _verified_or_refused(source: Path, threads: int) -> None:
     if not report.passed:
         more = f" (and {len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
         raise PublishRefused(f"{source}: does not verify: {'; '.join(report.problems[:3])}{more}")
+
+
+def recorded_version(source: Path) -> str:
+    """The efexport version that made the package (``versions.efexport`` of its manifest): the default --version."""
+    versions = package_manifest(source).get("versions")
+    version = versions.get("efexport") if isinstance(versions, dict) else None
+    if not isinstance(version, str) or not version:
+        raise PublishRefused(f"{source}: does not verify: its manifest records no efexport version "
+                             "(versions/efexport), the default --version")
+    return version
 
 
 def package_manifest(source: Path) -> dict:
@@ -792,10 +807,9 @@ def publish(source: Path, store: Store, version: str | None = None, *, allow_ran
     """Verify the package (directory or bundle) at ``source``, check the gates, and publish its bundle, model
     card, manifest and evidence under ``version`` (default: the efexport version that made the package)."""
     source = Path(source)
-    if not source.exists():
-        raise UsageError(f"{source}: no such package directory or bundle")
-    version = _check_segment(version or package_manifest(source).get("versions", {}).get("efexport") or "",
-                             "--version")
+    if not source.exists():  # refused like any other path that is no package (a directory without one: 10)
+        raise PublishRefused(f"{source}: no such package directory or bundle")
+    version = _check_segment(version or recorded_version(source), "--version")
     evidence_files = _read_evidence(evidence)
     read_index(store)  # an unreachable, denied or missing destination fails now, not after verification
     _verified_or_refused(source, threads)

@@ -20,6 +20,7 @@ from exporter.manifest_schema import schema_problems
 from exporter.recipes import Recipe, Tolerances
 from exporter.runtimes import measure_latency, runtime_parity, timed_runtimes
 from exporter.targets import TARGETS
+from validate.isolated import outputs_isolated
 from validate.parity import ParityReport, compare_outputs
 from validate.reference import ReferenceSet
 
@@ -70,9 +71,11 @@ def _check_runtimes(directory: Path, manifest: dict, threads: int, latency: bool
     model_path = directory / manifest["target"]["model_file"]
     reference = ReferenceSet.load(directory / REFERENCE_FILE)
     recipe = Recipe.model_validate(manifest["recipe"]["values"])
-    runner = target.open_runner(model_path, threads)
     tolerances = Tolerances.model_validate(manifest["parity"]["tolerances"])
-    parity = compare_outputs(runner(reference.inputs), reference.outputs, reference.kinds, tolerances)
+    outputs = outputs_isolated(lambda inputs: target.open_runner(model_path, threads)(inputs), reference.inputs,
+                               f"{fmt} parity run")  # a stranger's model that crashes the runtime kills a child
+    runner = target.open_runner(model_path, threads)
+    parity = compare_outputs(outputs, reference.outputs, reference.kinds, tolerances)
     problems = [f"parity: {failure}" for failure in parity.failures]
     others, not_checked = other_runtimes_present(target, model_path, recipe)
     fields: dict = {"parity": parity, "runtime_parity": {}, "not_checked_here": not_checked, "latency": []}
