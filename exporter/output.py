@@ -7,13 +7,36 @@ rename only once it is complete and verified; on any error (or interrupt) the st
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from exporter.errors import OutputError
+
+_NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+            errno.EFBIG: "file too large (a file-size limit)", errno.EROFS: "read-only filesystem"}
+
+
+def write_failure(exc: BaseException) -> OutputError | None:
+    """An OutputError when ``exc`` (or what caused it) is a write that the disk refused, else None: a full disk
+    is the user's to fix, not a failed tool."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _NO_ROOM:
+            where = f" {cause.filename}" if cause.filename else " the output"
+            return OutputError(f"cannot write{where}: {_NO_ROOM[cause.errno]}; nothing was left behind")
+        if isinstance(cause, RuntimeError) and "[MIL FileWriter]" in str(cause):  # coremltools hides the errno
+            return OutputError(f"cannot write the Core ML weights ({cause}): is the disk full or a file-size limit "
+                               "set? Nothing was left behind")
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def check_output_root(root: Path) -> None:
@@ -49,6 +72,28 @@ def _make_staging(final: Path) -> Path:
     return staging
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's renameat2(RENAME_EXCHANGE); False where that is not available
+    (another OS, an old kernel or libc, a filesystem without it), so the caller can fall back."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), str(b))
+
+
 def _move_into_place(staging: Path, final: Path, force: bool) -> None:
     if not final.exists():
         try:
@@ -60,6 +105,8 @@ def _move_into_place(staging: Path, final: Path, force: bool) -> None:
                     from None
     if not force:
         raise OutputError(f"{final} already exists; pass --force to replace it")
+    if exchange_paths(staging, final):  # one atomic step: readers see the old artifact or the new one
+        return  # the old artifact is now in ``staging``, which the caller removes
     retired = Path(tempfile.mkdtemp(prefix=f".{final.name}.replaced-", dir=final.parent))
     os.rename(final, retired / final.name)
     try:

@@ -19,7 +19,7 @@ from rich.console import Console
 from exporter import interrupts
 from exporter.errors import EfexportError, ParityError, StageError, UsageError
 from exporter.manifest import REFERENCE_FILE
-from exporter.output import check_destination, check_output_root, staged_output
+from exporter.output import check_destination, check_output_root, staged_output, write_failure
 from exporter.profiling import PipelineProfiler, format_bytes
 from exporter.recipes import Recipe
 from exporter.runtimes import measure_latency, runtime_parity, timed_runtimes
@@ -76,7 +76,7 @@ class StageReporter:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # a wrapped tool failed: say which stage and why, keep the traceback as cause
-            error = StageError(f"{type(exc).__name__}: {exc}")
+            error = write_failure(exc) or StageError(f"{type(exc).__name__}: {exc}")
             error.stage = name
             raise error from exc
         interrupts.raise_if_interrupted()
