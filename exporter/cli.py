@@ -124,11 +124,11 @@ def _passes_without(recipe: Any, no_pass: list[str] | None) -> list[str] | None:
     if not no_pass:
         return None
     from exporter.errors import RecipeError
-    from exporter.passes import ALL_PASSES
+    from exporter.passes import PASS_NAMES
 
-    unknown = [name for name in no_pass if name not in ALL_PASSES]
+    unknown = [name for name in no_pass if name not in PASS_NAMES]
     if unknown:
-        raise RecipeError(f"--no-pass {unknown[0]}: no such pass; passes are {', '.join(ALL_PASSES)}")
+        raise RecipeError(f"--no-pass {unknown[0]}: no such pass; passes are {', '.join(PASS_NAMES)}")
     return [name for name in recipe.fold.passes if name not in no_pass]
 
 
@@ -202,11 +202,12 @@ def _export(target: str, recipe_path: Path | None, overrides: dict[str, Any], no
             variant: Variant | None, weights: Path | None, seed: int, out: Path, force: bool, quiet: bool,
             as_json: bool, trace: bool = False, profile: bool = False) -> None:
     """What every export command does: recipe + flags -> pipeline -> summary (console) or JSON (stdout)."""
-    from exporter.pipeline import ExportRequest, StageReporter, run_export
-    from exporter.profiling import PipelineProfiler
 
     def work() -> Any:
         final_recipe, path = _load_target_recipe(target, recipe_path, overrides, no_pass)
+        from exporter.pipeline import ExportRequest, StageReporter, run_export  # torch: only once the flags are good
+        from exporter.profiling import PipelineProfiler
+
         request = ExportRequest(variant=variant.value if variant else None, weights=weights, seed=seed,
                                 out_dir=out, recipe=final_recipe, recipe_source=str(path), force=force, trace=trace)
         console = _stderr(quiet)

@@ -13,13 +13,12 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from exporter.errors import RecipeError
-from exporter.models.efficientformer import final_token_grid
-from exporter.passes import ALL_PASSES
+from exporter.geometry import final_token_grid
+from exporter.passes import PASS_NAMES
 from validate.latency import WindowRule
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 SUPPORTED_OPSETS = (14, 20)  # LayerNormalization is native from 17; below it is decomposed
-PASS_NAMES = tuple(ALL_PASSES)
 
 
 class _Section(BaseModel):

@@ -46,7 +46,8 @@ def _file_problems(directory: Path, recorded: dict) -> list[str]:
     problems = [f"missing file {name}" for name in recorded if name not in present]
     problems += [f"unexpected file {name} (not in the manifest)" for name in present if name not in recorded]
     problems += [f"{name}: sha256 differs from the manifest (modified?)" for name, entry in recorded.items()
-                 if name in present and present[name]["sha256"] != entry.get("sha256")]
+                 if name in present and present[name]["sha256"] != (entry.get("sha256") if isinstance(entry, dict)
+                                                                     else None)]  # the schema names a bad entry
     return problems
 
 
@@ -95,8 +96,10 @@ def _check_runtimes(directory: Path, manifest: dict, threads: int, latency: bool
 def verify_artifact(directory: Path, threads: int = 2, latency: bool = False) -> VerifyReport:
     """Raise VerifyError when the directory is not a package at all; otherwise report everything that fails."""
     directory = Path(directory)
+    if not directory.exists():
+        raise VerifyError(f"{directory}: no such package directory or bundle")
     if not directory.is_dir():
-        raise VerifyError(f"{directory}: not a directory")
+        raise VerifyError(f"{directory}: not a package directory or a bundle (.zip)")
     manifest = read_manifest(directory)
     problems = [f"manifest: {p}" for p in schema_problems(manifest)]
     recorded = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}

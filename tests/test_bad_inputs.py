@@ -88,7 +88,7 @@ class Case:
     code: int  # the exit code expected
     says: tuple[str, ...]  # fragments stderr must contain (formatted with the paths too)
     setup: Setup | None = None  # writes the case's inputs into Given.tmp
-    json: bool = False  # add --json: stdout must be the error document
+    json: bool = False  # add --json: stdout must be the error document (verify: its report, not passed)
     stage: str | None = None  # the error document's "stage"
     needs: tuple[str, ...] = ()  # module fixtures: checkpoints, package, bundle, registry
     bug: str | None = None  # a bug not fixed yet: the case is xfail(strict=True) with this reason
@@ -128,10 +128,9 @@ def _ckpt(command: str, name: str, says: tuple[str, ...], *extra: str, json: boo
 
 TRUNCATED = ("{weights}: not a readable PyTorch checkpoint (truncated or corrupt?)",)
 CHECKPOINTS: dict[str, Case] = {
-    "missing-path": _ckpt("onnx", "missing.pth", ("[load] {weights}: no such file",), json=True),
-    # regression: rich markup in the message swallowed "[load]" and crashed on a "[/x]" in a path
-    "missing-path-with-markup-lookalikes": _ckpt("onnx", "a[/x]/ckpt[l1].pth", ("[load] {weights}: no such file",),
-                                                 json=True),
+    # the brackets are regressions too: rich markup in the message swallowed "[load]", and a "[/x]" in the path
+    # crashed the error report itself (MarkupError, exit 1, no --json document)
+    "missing-path": _ckpt("onnx", "a[/x]/ckpt[l1].pth", ("[load] {weights}: no such file",), json=True),
     "a-directory": _ckpt("onnx", "directory.pth", ("{weights}: not a file",)),
     "empty-file": _ckpt("onnx", "empty.pth", ("{weights}: empty file",)),
     "truncated-pth": _ckpt("onnx", "truncated.pth", TRUNCATED),
@@ -143,10 +142,8 @@ CHECKPOINTS: dict[str, Case] = {
                                                        "shape of"), "--variant", "l1"),
     "efficientformer-v2-pth": _ckpt("onnx", "v2.pth", ("{weights}: this is an EfficientFormerV2 checkpoint",
                                                        "l1, l3, l7")),
-    "efficientformer-v2-safetensors": _ckpt("onnx", "v2.safetensors", (
-        "{weights}: this is an EfficientFormerV2 checkpoint",)),
-    "nan-in-a-tensor": _ckpt("onnx", "nan.pth", ("{weights}: non-finite values (NaN or Inf) in head.weight",)),
-    "inf-in-a-tensor": _ckpt("onnx", "inf.pth", ("{weights}: non-finite values (NaN or Inf) in head.weight",)),
+    "nan-and-inf-in-tensors": _ckpt("onnx", "nan-inf.pth", ("{weights}: non-finite values (NaN or Inf) in "
+                                                            "stem.conv1.weight, head.weight",)),
     "extra-key": _ckpt("onnx", "extra-key.pth", ("matches no EfficientFormer V1 variant",
                                                  "unexpected key head.extra_scale")),
     "missing-key": _ckpt("onnx", "missing-key.pth", ("does not fit EfficientFormer-l1", "missing key norm.weight"),
@@ -158,7 +155,6 @@ CHECKPOINTS: dict[str, Case] = {
     "all-truncated-pth": _ckpt("all", "truncated.pth", ("onnx failed", "coreml failed", "tensorrt failed",
                                                         *TRUNCATED), json=True),
     "fold-truncated-pth": _ckpt("fold", "truncated.pth", TRUNCATED, json=True, stage=None),
-    "fold-malicious-pickle": _ckpt("fold", "evil.pth", ("{weights}: refused to load",), stage=None),
     "bench-truncated-pth": _ckpt("bench", "truncated.pth", TRUNCATED, stage=None),
 }
 
@@ -210,10 +206,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     v2_state = {k: torch.zeros(shape, dtype=getattr(torch, dtype)) for k, (shape, dtype) in v2.items()}
     save("v2.pth", v2_state)
     save("v2.safetensors", v2_state)
-    for name, value in (("nan.pth", float("nan")), ("inf.pth", float("inf"))):
-        head = upstream["head.weight"].clone()
-        head[3, 7] = value
-        save(name, upstream | {"head.weight": head})
+    stem, head = upstream["patch_embed.0.weight"].clone(), upstream["head.weight"].clone()
+    stem[0, 0, 0, 0], head[3, 7] = float("nan"), float("-inf")
+    save("nan-inf.pth", upstream | {"patch_embed.0.weight": stem, "head.weight": head})
     save("extra-key.pth", upstream | {"head.extra_scale": torch.ones(4)})
     save("missing-key.pth", {k: v for k, v in upstream.items() if k != "norm.weight"})
     files["pwned"] = root / "pwned"
@@ -270,7 +265,6 @@ def _trt_profile(profile: str) -> Setup:
 RECIPES: dict[str, Case] = {
     "unknown-key": _recipe("onnx", recipe("onnx", ("opset = 17", "opset = 17\nopst = 1")),
                            "export.opst: unknown key", json=True),
-    "unknown-table": _recipe("onnx", recipe("onnx", ("[latency]", "[latencyy]")), "latencyy: unknown key"),
     "wrong-type": _recipe("onnx", recipe("onnx", ("opset = 17", 'opset = "17"')),
                           "export.opset: Input should be a valid integer"),
     "opset-too-low": _recipe("onnx", recipe("onnx", ("opset = 17", "opset = 9")),
@@ -281,18 +275,10 @@ RECIPES: dict[str, Case] = {
                                   "parity.tolerances.fp32.max_abs: Input should be greater than 0"),
     "zero-fold-tolerance": _recipe("onnx", recipe("onnx", ("max_abs = 1e-5", "max_abs = 0.0")),
                                    "fold.max_abs: Input should be greater than 0"),
-    "zero-min-cosine": _recipe("onnx", recipe("onnx", ("min_cosine = 0.99999", "min_cosine = 0.0")),
-                               "parity.tolerances.fp32.min_cosine"),
     "batch-size-zero": _recipe("onnx", recipe("onnx", ("batch_size = 1", "batch_size = 0")),
                                "latency.batch_size: Input should be greater than or equal to 1"),
-    "batch-size-negative": _recipe("onnx", recipe("onnx", ("batch_size = 1", "batch_size = -8")),
-                                   "latency.batch_size"),
     "latency-max-windows-below-stable-windows": _recipe("onnx", recipe("onnx", ("max_windows = 12", "max_windows = 2")),
                                                         "latency: max_windows (2) must be at least stable_windows"),
-    "latency-window-runs-too-few": _recipe("onnx", recipe("onnx", ("window_runs = 20", "window_runs = 1")),
-                                           "latency.window_runs: Input should be greater than or equal to 3"),
-    "latency-stable-within-past-one": _recipe("onnx", recipe("onnx", ("stable_within = 0.05", "stable_within = 1.5")),
-                                              "latency.stable_within: Input should be less than 1"),
     "coreml-deployment-target-unknown": _recipe("coreml", recipe("coreml", ('"iOS16"', '"iOS99"')),
                                                 "coreml.minimum_deployment_target: Input should be 'iOS15'"),
     # an ML Program needs iOS 15 or later
@@ -308,11 +294,6 @@ RECIPES: dict[str, Case] = {
     "tensorrt-static-batch-with-a-profile": _recipe("tensorrt", recipe("tensorrt", ("dynamic_batch = true",
                                                                                    "dynamic_batch = false")),
                                                     "tensorrt.profile: a static-batch export has batch 1 only"),
-    "tensorrt-fp16-with-carry-mixer-scale": _recipe("tensorrt", recipe("tensorrt", (
-        '"blend-pool-mixer", "constant', '"blend-pool-mixer", "carry-mixer-scale", "constant')),
-        "fold.passes: carry-mixer-scale", "FP16"),
-    "int8-precision": _recipe("onnx", recipe("onnx", ('precision = "fp32"', 'precision = "int8"')),
-                              "precision: int8 needs calibration data"),
     "not-toml": _recipe("onnx", recipe_file("target = [unclosed\n"), "not valid TOML"),
     "coreml-recipe-given-to-onnx": _recipe("onnx", recipe_file(shipped="coreml"),
                                            "is for target 'coreml', not 'onnx'"),
@@ -326,10 +307,6 @@ def test_bad_recipe(case: Case, request: pytest.FixtureRequest, tmp_path: Path) 
 
 
 # ---------------------------------------------------------------------------------------------------- flags
-
-
-def labels_missing(given: Given) -> None:
-    given.use("labels", given.tmp / "labels.txt")
 
 
 def some_directory(given: Given) -> None:  # an existing source, so publish gets as far as checking its flags
@@ -346,41 +323,22 @@ FLAGS: dict[str, Case] = {
     "no-variant-and-no-weights": Case(("onnx", "--out", "{out}"), BAD_INPUT,
                                       ("--variant is required without --weights",), json=True, stage="load"),
     "opset-too-low": Case(_onnx("--opset", "9"), BAD_INPUT, ("export.opset: Input should be greater than or equal "
-                                                             "to 14",)),
-    "opset-too-high": Case(_onnx("--opset", "21"), BAD_INPUT, ("export.opset: Input should be less than or equal "
-                                                               "to 20",), json=True),
+                                                             "to 14",), json=True),
     "opset-20-keeps-erf-gelu": Case(_onnx("--opset", "20"), BAD_INPUT, ("erf-gelu is for opsets below 20",
                                                                         "--no-pass erf-gelu")),
-    "unknown-simplifier": Case(_onnx("--simplifier", "magic"), USAGE, ("'magic' is not one of",)),
     "image-size-off-the-7x7-grid": Case(_onnx("--image-size", "256"), BAD_INPUT, ("export.image_size",
                                                                                    "7x7 token grid")),
-    "unknown-no-pass": Case(_onnx("--no-pass", "fuse-everything"), BAD_INPUT, ("--no-pass fuse-everything: no such "
-                                                                                "pass",)),
     "seed-not-a-number": Case(_onnx("--seed", "abc"), USAGE, ("Invalid value for '--seed'",)),
     # regression: a seed past torch.Generator's range was exit 7 ([load] ValueError: Overflow...) here, and a
     # traceback (exit 1) from fold and bench
     "seed-too-large": Case(_onnx("--seed", str(2**64)), USAGE, ("Invalid value for '--seed'",)),
     "fold-seed-too-large": Case(("fold", "--variant", "l1", "--seed", str(10**23)), USAGE,
                                 ("Invalid value for '--seed'",)),
-    "bench-seed-negative": Case(("bench", "--variant", "l1", "--seed", "-1", "--out", "{out}"), USAGE,
-                                ("Invalid value for '--seed'",)),
-    "coreml-deployment-target-too-old": Case(("coreml", "--variant", "l1", "--deployment-target", "iOS14", "--out",
-                                              "{out}"), USAGE, ("'iOS14' is not one of",)),
-    "coreml-precision-bf16": Case(("coreml", "--variant", "l1", "--precision", "bf16", "--out", "{out}"), USAGE,
-                                  ("'bf16' is not one of",)),
-    "coreml-labels-missing": Case(("coreml", "--variant", "l1", "--labels", "{labels}", "--out", "{out}"), BAD_INPUT,
-                                  ("labels file {labels}: cannot read it",), labels_missing),
     "tensorrt-batch-profile-not-numbers": Case(("tensorrt", "--variant", "l1", "--batch-profile", "one,8,64", "--out",
                                                 "{out}"), USAGE, ("--batch-profile one,8,64: give three batch sizes",),
                                                json=True),
     "tensorrt-batch-profile-min-above-opt": Case(("tensorrt", "--variant", "l1", "--batch-profile", "16,8,64",
                                                   "--out", "{out}"), BAD_INPUT, ("tensorrt.profile", "[16, 8, 64]")),
-    "tensorrt-batch-profile-two-sizes": Case(("tensorrt", "--variant", "l1", "--batch-profile", "1,8", "--out",
-                                              "{out}"), BAD_INPUT, ("tensorrt.profile", "[1, 8]")),
-    "tensorrt-optimization-level-too-high": Case(("tensorrt", "--variant", "l1", "--optimization-level", "9",
-                                                  "--out", "{out}"), BAD_INPUT, ("tensorrt.optimization_level",)),
-    "tensorrt-workspace-too-small": Case(("tensorrt", "--variant", "l1", "--workspace-mib", "1", "--out", "{out}"),
-                                         BAD_INPUT, ("tensorrt.workspace_mib",)),
     "all-unknown-target": Case(("all", "--variant", "l1", "--targets", "onnx,tflite", "--out", "{out}"), USAGE,
                                ("--targets onnx,tflite: choose from onnx, coreml, tensorrt",), json=True),
     # regression: the second onnx export failed on the first one's package (exit 4, a package written)
@@ -388,24 +346,14 @@ FLAGS: dict[str, Case] = {
                                    USAGE, ("--targets onnx,coreml,onnx: onnx given twice",)),
     "bench-batches-not-numbers": Case(("bench", "--variant", "l1", "--batches", "1,x", "--out", "{out}"), USAGE,
                                       ("--batches 1,x: give comma-separated integers",)),
-    "bench-batch-zero": Case(("bench", "--variant", "l1", "--batches", "1,0", "--out", "{out}"), USAGE,
-                             ("--batches 1,0: batch sizes must be at least 1",)),
     # regression: no upper bound, so the sweep would build a 60 GB input after minutes of timing
     "bench-batch-huge": Case(("bench", "--variant", "l1", "--batches", "1,100000", "--out", "{out}"), USAGE,
                              ("--batches 1,100000: batch sizes must be at most 1024",)),
     "bench-threads-zero": Case(("bench", "--variant", "l1", "--threads", "0", "--out", "{out}"), USAGE,
                                ("Invalid value for '--threads'",)),
-    "bench-stable-within-past-one": Case(("bench", "--variant", "l1", "--stable-within", "1.5", "--out", "{out}"),
-                                         USAGE, ("Invalid value for '--stable-within'",)),
-    "bench-unknown-target": Case(("bench", "--variant", "l1", "--targets", "tflite", "--out", "{out}"), USAGE,
-                                 ("--targets: unknown target 'tflite'",)),
-    "verify-threads-zero": Case(("verify", "{dir}", "--threads", "0"), USAGE, ("Invalid value for '--threads'",),
-                                some_directory),
     "publish-unsupported-destination": Case(("publish", "{dir}", "--to", "gs://bucket/models"), USAGE,
                                             ("--to gs://bucket/models: gs:// destinations are not supported",),
                                             some_directory),
-    "publish-version-escaping": Case(("publish", "{dir}", "--to", "{out}", "--version", "../1.0"), USAGE,
-                                     ("--version '../1.0'",), some_directory),
 }
 
 
@@ -430,13 +378,12 @@ def read_only(name: str) -> Setup:
     return setup
 
 
-def a_file(name: str, below: str = "") -> Setup:
-    """{name}: a regular file (or, with ``below``, a path under one)."""
+def a_file(name: str) -> Setup:
+    """{name} (and {blocker}): a regular file where a directory is wanted."""
     def setup(given: Given) -> None:
         blocker = given.tmp / "blocker"
         blocker.write_text("a file, not a directory\n")
-        given.use("blocker", blocker)
-        given.paths[name] = blocker / below if below else blocker
+        given.paths[name] = given.use("blocker", blocker)
     return setup
 
 
@@ -477,13 +424,9 @@ def _flip_a_byte(name: str) -> Callable[[Path], None]:
 PUBLISH = ("--version", "1.0.0", "--allow-random-weights")  # past the gates: refused for the input alone
 OUTPUTS: dict[str, Case] = {
     "out-is-a-file": Case(("onnx", "--variant", "l1", "--out", "{out}"), OUTPUT, (
-        "cannot write to {out}: {out} is not a directory",), a_file("out")),
-    "out-below-a-file": Case(("onnx", "--variant", "l1", "--out", "{out}"), OUTPUT, (
-        "cannot write to {out}: {blocker} is not a directory",), a_file("out", below="artifacts"), json=True),
+        "cannot write to {out}: {out} is not a directory",), a_file("out"), json=True),
     "out-read-only": Case(("onnx", "--variant", "l1", "--out", "{out}"), OUTPUT, ("cannot write to {out}",
                                                                                  "is not writable"), read_only("out")),
-    "tensorrt-out-read-only": Case(("tensorrt", "--variant", "l1", "--out", "{out}"), OUTPUT, (
-        "cannot write to {out}", "is not writable"), read_only("out")),
     "all-out-read-only": Case(("all", "--variant", "l1", "--targets", "onnx,coreml", "--out", "{out}"), OUTPUT, (
         "onnx failed", "coreml failed", "cannot write to {out}"), read_only("out")),
     "bench-report-dir-read-only": Case(("bench", "--variant", "l1", "--report-dir", "{reports}", "--out", "{out}"),
@@ -500,12 +443,8 @@ OUTPUTS: dict[str, Case] = {
     # regression: an unwritable --report was a traceback (exit 1) after the verification
     "verify-report-read-only": Case(("verify", "{pkg}", "--report", "{report}"), OUTPUT, (
         "--report {report}: cannot write it",), both(package(), read_only("report")), needs=("package",)),
-    "verify-report-is-a-directory": Case(("verify", "{pkg}", "--report", "{pkg}"), OUTPUT, (
-        "--report {pkg}: cannot write it: Is a directory",), package(), needs=("package",)),
     "bundle-out-read-only": Case(("bundle", "{pkg}", "--out", "{out}"), OUTPUT, ("cannot write the bundle to {out}",),
                                  both(package(), read_only("out")), needs=("package",)),
-    "bundle-out-is-a-file": Case(("bundle", "{pkg}", "--out", "{out}"), OUTPUT, ("cannot write the bundle to {out}",),
-                                 both(package(), a_file("out")), needs=("package",)),
     # regression: os.access let root through, so this failed only after verifying (and a package that does not
     # verify was refused with 10 instead): the destination is checked first, as publish intends
     "publish-to-read-only": Case(("publish", "{pkg}", "--to", "{registry}", *PUBLISH), PUBLISH_FAILED, (
@@ -639,11 +578,6 @@ def _publish(setup: Setup, *says: str, flags: tuple[str, ...] = PUBLISH, bug: st
                 needs=("package", "bundle", "registry"), bug=bug)
 
 
-FILE_ENTRY_BUG = ("exporter/verify.py _file_problems calls .get on each manifest 'files' entry: an entry that is "
-                  "not an object (a string here) is an AttributeError traceback, exit 1, instead of exit 6 naming "
-                  "files/model.onnx (the schema check already reports it)")
-MISSING_PATH_BUG = ("exporter/verify.py verify_artifact says '<path>: not a directory' for a path that does not "
-                    "exist at all; it should say there is no such package directory or bundle")
 ZIP_SLIP = "refused before extracting anything"
 PACKAGES: dict[str, Case] = {
     "verify-tampered-model": _verify(package(TAMPERED_MODEL), "model.onnx: sha256 differs from the manifest",
@@ -654,13 +588,13 @@ PACKAGES: dict[str, Case] = {
                                                                               "the manifest)"),
     "verify-manifest-wrong-type": _verify(package(VARIANT_NOT_A_NAME), "manifest: model/variant: 5 is not one of"),
     "verify-manifest-missing-key": _verify(package(NO_PARITY_BLOCK), "manifest: parity: required key is missing"),
-    "verify-manifest-file-entry-not-an-object": _verify(package(FILE_ENTRY_A_STRING), "files/model.onnx",
-                                                        bug=FILE_ENTRY_BUG),
+    # regression: a files entry that is not an object was an AttributeError traceback (exit 1)
+    "verify-manifest-file-entry-not-an-object": _verify(package(FILE_ENTRY_A_STRING), "files/model.onnx"),
     "verify-manifest-not-json": _verify(package(NOT_JSON), "{pkg}/manifest.json: unreadable manifest"),
     "verify-directory-that-is-no-package": _verify(no_package, "{pkg}: no manifest.json; not an efexport artifact",
                                                    json=True),
-    "verify-missing-path": _verify(missing("no-such-package"), "{pkg}", "no such", bug=MISSING_PATH_BUG),
-    "verify-missing-bundle": _verify(missing(BUNDLE), "{pkg}: no such bundle file"),
+    # regression: a path that does not exist was called "not a directory"
+    "verify-missing-path": _verify(missing("no-such-package"), "{pkg}: no such package directory or bundle"),
     "verify-bundle-member-with-dotdot": _verify(escaping_bundle("dotdot"), ZIP_SLIP, "'..' segment"),
     "verify-bundle-member-absolute": _verify(escaping_bundle("absolute"), ZIP_SLIP, "an absolute or non-POSIX path"),
     "verify-truncated-bundle": _verify(bundle_copy(cut=True), "{pkg}: not a zip bundle"),
@@ -668,30 +602,19 @@ PACKAGES: dict[str, Case] = {
                                               f"{BUNDLE}: sha256 differs from {BUNDLE}.sha256"),
     "bundle-tampered-card": _bundle(package(TAMPERED_CARD), "{pkg} does not verify",
                                     "README.md: sha256 differs from the manifest", json=True),
-    "bundle-manifest-not-json": _bundle(package(NOT_JSON), "{pkg}/manifest.json: unreadable manifest"),
     "bundle-directory-that-is-no-package": _bundle(no_package, "{pkg}: no manifest.json"),
-    "bundle-missing-path": _bundle(missing("no-such-package"), "{pkg}", "no such", bug=MISSING_PATH_BUG),
     # regression: a bundle was verified, then refused with a confusing "manifest.json: Not a directory" (exit 6)
     "bundle-given-a-bundle": _bundle(bundle_copy(), "{pkg} is a bundle already", code=USAGE),
     "publish-tampered-model": _publish(package(TAMPERED_MODEL), "{pkg}: does not verify",
                                        "model.onnx: sha256 differs from the manifest", json=True),
-    "publish-missing-file": _publish(package(_remove("README.md")), "{pkg}: does not verify",
-                                     "missing file README.md"),
-    "publish-manifest-wrong-type": _publish(package(VARIANT_NOT_A_NAME), "{pkg}: does not verify",
-                                            "manifest: model/variant"),
     # regression: without --version the default came from manifest versions.efexport: a traceback (exit 1)
     "publish-manifest-versions-not-an-object": _publish(
         package(_edit_manifest(lambda m: m.__setitem__("versions", "1.0"))), "{pkg}: does not verify",
         "versions/efexport", flags=("--allow-random-weights",)),
-    "publish-manifest-not-json": _publish(package(NOT_JSON), "unreadable manifest", flags=("--allow-random-weights",)),
-    "publish-manifest-file-entry-not-an-object": _publish(package(FILE_ENTRY_A_STRING), "files/model.onnx",
-                                                          bug=FILE_ENTRY_BUG),
     "publish-directory-that-is-no-package": _publish(no_package, "{pkg}: no manifest.json"),
     # regression: exit 2 here, while a directory without a package was 10 (and verify, bundle: 6)
     "publish-missing-path": _publish(missing("no-such-package"), "{pkg}: no such package directory or bundle"),
     "publish-bundle-member-with-dotdot": _publish(escaping_bundle("dotdot"), ZIP_SLIP, "'..' segment"),
-    "publish-bundle-sidecar-mismatch": _publish(bundle_copy(sidecar=f"{'0' * 64}  {BUNDLE}\n"),
-                                                f"{BUNDLE}: sha256 differs from {BUNDLE}.sha256"),
     "publish-random-init-without-the-flag": _publish(package(), "random-init weights (seed 0)",
                                                      "--allow-random-weights", flags=("--version", "1.0.0")),
 }

@@ -1,10 +1,12 @@
-"""The efexport command end to end, as a real subprocess: exports, verify, help, exit codes, nothing half-written."""
+"""The efexport command end to end, as a real subprocess: exports, verify, help, exit codes, nothing half-written.
+
+Bad flags, recipes, outputs and packages (and what each must leave untouched) are cases of the bad-input catalogue,
+tests/test_bad_inputs.py."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -63,35 +65,6 @@ def test_verify_passes_on_a_fresh_artifact(exported: tuple[Path, dict]) -> None:
     assert report["passed"] and report["files_checked"] == 4 and report["parity"]["max_abs"] <= 1e-4
 
 
-def test_verify_detects_a_modified_model(exported: tuple[Path, dict], tmp_path: Path) -> None:
-    copy = tmp_path / "copy"
-    shutil.copytree(exported[0] / "efficientformer-l1" / "onnx-fp32", copy)
-    data = bytearray((copy / "model.onnx").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (copy / "model.onnx").write_bytes(bytes(data))
-    result = run_cli("verify", copy)
-    assert result.returncode == ExitCode.VERIFY_FAILED
-    assert "model.onnx" in result.stderr and "sha256" in result.stderr
-
-
-def test_verify_refuses_a_directory_that_is_no_artifact(tmp_path: Path) -> None:
-    result = run_cli("verify", tmp_path)
-    assert result.returncode == ExitCode.VERIFY_FAILED and "manifest.json" in result.stderr
-
-
-def test_force_replaces_an_existing_artifact(exported: tuple[Path, dict], tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    shutil.copytree(exported[0], out)
-    stale = out / "efficientformer-l1" / "onnx-fp32" / "stale.txt"
-    stale.write_text("left from an older export")
-    result = run_cli("onnx", "--variant", "l1", "--out", out, "--force", "--quiet")
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == "" and result.stdout == ""  # --quiet
-    assert not stale.exists()
-    assert [p for p in artifact_names(out) if Path(p).name.startswith(".")] == []
-    assert run_cli("verify", out / "efficientformer-l1" / "onnx-fp32", "--quiet").returncode == 0
-
-
 @pytest.mark.parametrize(
     ("section", "stage", "reported"),
     # (the fold gate cannot be made to fail from a recipe: it is never tighter than float32 rounding of the
@@ -111,41 +84,6 @@ def test_failed_parity_gate_exits_5_and_writes_nothing(tmp_path: Path, section: 
     assert f"[{stage}]" in result.stderr and reported in result.stderr
     assert [p for p in artifact_names(out) if p.count("/") >= 1] == []
     assert not (out / "efficientformer-l1").exists()  # no empty directories left behind either
-
-
-@pytest.mark.parametrize(
-    ("args", "code", "message"),
-    [
-        (["--variant", "l1", "--image-size", "256"], ExitCode.BAD_INPUT, "7x7 token grid"),
-        (["--variant", "l1", "--opset", "9"], ExitCode.BAD_INPUT, "export.opset"),
-        (["--variant", "l9"], ExitCode.USAGE, "l9"),
-        (["--variant", "l1", "--simplifier", "magic"], ExitCode.USAGE, "magic"),
-        ([], ExitCode.BAD_INPUT, "--variant is required"),
-    ],
-)
-def test_bad_flags_fail_before_anything_is_written(tmp_path: Path, args: list[str], code: int, message: str) -> None:
-    out = tmp_path / "out"
-    result = run_cli("onnx", "--out", out, *args)
-    assert result.returncode == code
-    assert message in result.stderr
-    assert artifact_names(out) == []
-
-
-def test_unknown_recipe_key_is_named(tmp_path: Path) -> None:
-    recipe = tmp_path / "typo.toml"
-    recipe.write_text(default_recipe_path("onnx").read_text().replace("opset = 17", "opset = 17\nopst = 1"))
-    result = run_cli("onnx", "--variant", "l1", "--out", tmp_path / "out", "--recipe", recipe, "--json")
-    assert result.returncode == ExitCode.BAD_INPUT
-    assert "export.opst: unknown key" in result.stderr
-    assert json.loads(result.stdout) == {"status": "error", "stage": None, "exit_code": 3,
-                                         "error": f"recipe {recipe}: export.opst: unknown key"}
-
-
-def test_output_that_cannot_be_a_directory(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    result = run_cli("onnx", "--variant", "l1", "--out", blocker)
-    assert result.returncode == ExitCode.OUTPUT_ERROR and "cannot write" in result.stderr
 
 
 def test_help_texts() -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from exporter.geometry import final_token_grid
+
 
 @dataclass(frozen=True)
 class EfficientFormerConfig:
@@ -56,14 +58,6 @@ VARIANTS = tuple(CONFIGS)
 TOKENS_BNC = "B,N,C"
 TOKEN_ROWS = "B*N,C"  # one row per token: Linear layers are plain 2-D matrix products (Gemm)
 TOKENS_CHANNELS_FIRST = "B,C,1,N"  # 1x1 convolutions, as Apple's Neural Engine guidance prefers
-
-
-def final_token_grid(image_size: int) -> int:
-    """Side of the last stage's token grid for a square input: a stride-4 stem, then three stride-2 convs."""
-    side = image_size
-    for _ in range(5):  # two stem convs and three downsamples, each conv3x3 s2 p1
-        side = (side - 1) // 2 + 1
-    return side
 
 
 class Stem(nn.Module):

@@ -1,25 +1,67 @@
-"""Fold-stage passes: deploy-time rewrites of the PyTorch model, each proven by parity after it runs."""
+"""Fold-stage passes: deploy-time rewrites of the PyTorch model, each proven by parity after it runs.
 
-from exporter.passes.base import ModelPass, PassResult
-from exporter.passes.blend_pool_mixer import BlendPoolMixer
-from exporter.passes.carry_mixer_scale import CarryMixerScale
-from exporter.passes.channels_first_mb3d import ChannelsFirstMB3D
-from exporter.passes.constant_attention_bias import ConstantAttentionBias
-from exporter.passes.erf_gelu import ErfGeluForm
-from exporter.passes.fold_attention_scale import FoldAttentionScale
-from exporter.passes.fold_layer_scale import FoldLayerScale
-from exporter.passes.fuse_conv_bn import FuseConvBatchNorm
-from exporter.passes.merge_heads import MergeHeads
-from exporter.passes.token_rows_mb3d import TokenRowsMB3D
+The pass classes (and torch) load on first use: recipes and command-line flags are checked against
+``PASS_NAMES`` alone, so a bad flag is refused at once, before torch is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 # In the order the recipes run them. token-rows-mb3d (ONNX, TensorRT) and channels-first-mb3d (Core ML) are
 # alternative MB3D layouts; erf-gelu is for ONNX below opset 20.
-ALL_PASSES: dict[str, type[ModelPass]] = {
-    p.name: p
-    for p in (FuseConvBatchNorm, FoldLayerScale, BlendPoolMixer, CarryMixerScale, ConstantAttentionBias,
-              FoldAttentionScale, MergeHeads, TokenRowsMB3D, ErfGeluForm, ChannelsFirstMB3D)
+_CLASSES = {  # pass name -> (module, class)
+    "fuse-conv-bn": ("fuse_conv_bn", "FuseConvBatchNorm"),
+    "fold-layer-scale": ("fold_layer_scale", "FoldLayerScale"),
+    "blend-pool-mixer": ("blend_pool_mixer", "BlendPoolMixer"),
+    "carry-mixer-scale": ("carry_mixer_scale", "CarryMixerScale"),
+    "constant-attention-bias": ("constant_attention_bias", "ConstantAttentionBias"),
+    "fold-attention-scale": ("fold_attention_scale", "FoldAttentionScale"),
+    "merge-heads": ("merge_heads", "MergeHeads"),
+    "token-rows-mb3d": ("token_rows_mb3d", "TokenRowsMB3D"),
+    "erf-gelu": ("erf_gelu", "ErfGeluForm"),
+    "channels-first-mb3d": ("channels_first_mb3d", "ChannelsFirstMB3D"),
 }
+PASS_NAMES: tuple[str, ...] = tuple(_CLASSES)
+_MODULE_OF = {cls: module for module, cls in _CLASSES.values()} | {"ModelPass": "base", "PassResult": "base"}
 
-__all__ = ["ALL_PASSES", "BlendPoolMixer", "CarryMixerScale", "ChannelsFirstMB3D", "ConstantAttentionBias",
-           "ErfGeluForm", "FoldAttentionScale", "FoldLayerScale", "FuseConvBatchNorm", "MergeHeads", "ModelPass",
-           "PassResult", "TokenRowsMB3D"]
+if TYPE_CHECKING:
+    from exporter.passes.base import ModelPass, PassResult
+    from exporter.passes.blend_pool_mixer import BlendPoolMixer
+    from exporter.passes.carry_mixer_scale import CarryMixerScale
+    from exporter.passes.channels_first_mb3d import ChannelsFirstMB3D
+    from exporter.passes.constant_attention_bias import ConstantAttentionBias
+    from exporter.passes.erf_gelu import ErfGeluForm
+    from exporter.passes.fold_attention_scale import FoldAttentionScale
+    from exporter.passes.fold_layer_scale import FoldLayerScale
+    from exporter.passes.fuse_conv_bn import FuseConvBatchNorm
+    from exporter.passes.merge_heads import MergeHeads
+    from exporter.passes.token_rows_mb3d import TokenRowsMB3D
+
+    ALL_PASSES: dict[str, type[ModelPass]]
+
+
+def _all_passes() -> dict[str, Any]:
+    passes = {name: getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+              for name, (module, cls) in _CLASSES.items()}
+    misnamed = [name for name, cls in passes.items() if cls.name != name]
+    if misnamed:
+        raise RuntimeError(f"pass registry out of date: {misnamed} do not match their classes' names")
+    return passes
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ALL_PASSES":
+        value = _all_passes()
+    elif name in _MODULE_OF:
+        value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+__all__ = ["ALL_PASSES", "PASS_NAMES", "BlendPoolMixer", "CarryMixerScale", "ChannelsFirstMB3D",
+           "ConstantAttentionBias", "ErfGeluForm", "FoldAttentionScale", "FoldLayerScale", "FuseConvBatchNorm",
+           "MergeHeads", "ModelPass", "PassResult", "TokenRowsMB3D"]
