@@ -573,7 +573,9 @@ def verify_command(
     document = json.dumps(report.to_dict(), indent=2)
     if report_file is not None:
         try:
-            report_file.write_text(document + "\n")
+            from exporter.output import write_atomically
+
+            write_atomically(report_file, document + "\n")
         except OSError as exc:
             from exporter.errors import OutputError
 

@@ -52,8 +52,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from exporter.bundle import CHECKSUM_SUFFIX, bundle_name, check_members, is_bundle, write_bundle
-from exporter.errors import PublishError, PublishRefused, UsageError, VerifyError
+from exporter.errors import OutputError, PublishError, PublishRefused, UsageError, VerifyError
 from exporter.manifest import MANIFEST_FILE, read_manifest, sha256_of
+from exporter.output import check_output_root
 
 INDEX_KEY = "index.json"
 INDEX_SCHEMA = "efexport.registry-index/1"
@@ -396,16 +397,10 @@ def open_store(dest: str, endpoint_url: str | None = None) -> Store:
 def _local_root(root: Path) -> Path:
     if root.exists() and not root.is_dir():
         raise UsageError(f"--to {root}: exists and is not a directory")
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:  # a real probe: os.access says yes to root even on a read-only mount or a pseudo-filesystem
-        if not existing.is_dir():
-            raise NotADirectoryError
-        os.rmdir(tempfile.mkdtemp(prefix=".efexport-probe-", dir=existing))
-    except OSError:
-        raise PublishError(f"{root}: cannot create or write the registry directory ({existing} is not writable)") \
-            from None
+    try:
+        check_output_root(root)
+    except OutputError as exc:
+        raise PublishError(f"{root}: cannot create or write the registry directory ({exc})") from None
     return root
 
 
