@@ -13,11 +13,13 @@ refused by name.
 from __future__ import annotations
 
 import contextlib
+import lzma
 import os
 import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -123,6 +125,12 @@ def _unsafe_reason(info: zipfile.ZipInfo) -> str | None:
     path = PurePosixPath(name)
     if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         return "an absolute or non-POSIX path"
+    if not path.parts:  # "", ".", "./": no file or folder to extract to
+        return "an empty path"
+    if not name.isprintable():  # line breaks, NULs, bidi overrides: no package file has them
+        return "a name with control or invisible characters"
+    if {".", ""} & set(name.rstrip("/").split("/")):  # "top/./x" would be a second name for "top/x"
+        return "a '.' or empty segment (not a normalised path)"
     if ".." in path.parts:
         return "a '..' segment (it would escape the bundle's folder)"
     if stat.S_ISLNK(info.external_attr >> 16):
@@ -187,13 +195,14 @@ def opened_bundle(bundle: Path) -> Iterator[Path]:
         raise VerifyError(f"{where}: no such bundle file")
     try:
         archive = zipfile.ZipFile(bundle)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:  # ValueError: a member name that is not UTF-8
         raise VerifyError(f"{where}: not a zip bundle ({exc})") from None
     with archive, tempfile.TemporaryDirectory(prefix="efexport-bundle-") as scratch:
         top = check_members(archive, where)
         try:
             _extract(archive, Path(scratch))
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:  # CRC errors, truncation
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError,
+                NotImplementedError) as exc:  # CRC errors, truncation, corrupt streams, unknown compression
             raise VerifyError(f"{where}: damaged bundle: {exc}") from None
         yield Path(scratch) / top
 

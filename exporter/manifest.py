@@ -80,16 +80,22 @@ def write_manifest(directory: Path, manifest: dict) -> Path:
     return path
 
 
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")  # Python's json reads NaN and Infinity; a manifest never holds them
+
+
 def read_manifest(directory: Path) -> dict:
     from exporter.errors import VerifyError
 
     path = directory / MANIFEST_FILE
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(), parse_constant=_not_json)
     except FileNotFoundError:
         raise VerifyError(f"{directory}: no {MANIFEST_FILE}; not an efexport artifact") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8, or a number too long for int()
         raise VerifyError(f"{path}: unreadable manifest: {exc}") from None
+    except RecursionError:
+        raise VerifyError(f"{path}: unreadable manifest: nested too deeply") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
         raise VerifyError(f"{path}: not an {MANIFEST_SCHEMA} manifest")
     return manifest

@@ -42,7 +42,7 @@ def _validator() -> Draft202012Validator:
 
 
 def _where(path: Iterable[Any]) -> str:
-    parts = [str(part) for part in path]
+    parts = [str(part) if str(part).isprintable() else repr(str(part)) for part in path]  # a key may hold "\n"
     return "/".join(parts) if parts else ROOT
 
 

@@ -193,7 +193,7 @@ class Recipe(_Section):
 def _describe(exc: ValidationError, origin: str) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
+        key = ".".join(str(p) if str(p).isprintable() else repr(str(p)) for p in err["loc"])  # one line
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         lines.append(f"{key}: {message}" if key else message)
     return f"{origin}: " + "; ".join(lines)
@@ -217,6 +217,8 @@ def load_recipe(path: Path) -> tuple[Recipe, dict]:
         raise RecipeError(f"recipe {path}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"recipe {path}: not valid TOML: {exc}") from None
+    except (RecursionError, ValueError) as exc:  # arrays nested beyond the stack, integers of thousands of digits
+        raise RecipeError(f"recipe {path}: not a usable recipe: {type(exc).__name__}") from None
     return parse_recipe(data, f"recipe {path}"), data
 
 
@@ -236,6 +238,8 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
         *parents, leaf = dotted.split(".")
         table = data
         for part in parents:
-            table = table[part]
+            table = table.get(part) if isinstance(table, dict) else None
+        if not isinstance(table, dict):  # the recipe validation below names an unknown leaf key
+            raise RecipeError(f"command-line options: {dotted!r}: no such recipe section")
         table[leaf] = value
     return parse_recipe(data, "command-line options")

@@ -11,7 +11,7 @@ present on this machine (Core ML on macOS, the TensorRT engine where TensorRT an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from exporter.bundle import checksum_problems, is_bundle, opened_bundle
 from exporter.errors import VerifyError
@@ -49,6 +49,19 @@ def _file_problems(directory: Path, recorded: dict) -> list[str]:
                  if name in present and present[name]["sha256"] != (entry.get("sha256") if isinstance(entry, dict)
                                                                      else None)]  # the schema names a bad entry
     return problems
+
+
+def _model_file_problem(directory: Path, model_file: object, recorded: dict) -> str | None:
+    """Why ``target.model_file`` cannot be run, or None: it must name a file (or, for Core ML, a folder) of this
+    package that its file table lists. A tampered manifest must not make verify open a path elsewhere."""
+    if not isinstance(model_file, str) or not model_file:
+        return f"manifest: target/model_file: {model_file!r} does not name the model file"
+    parts = PurePosixPath(model_file).parts
+    if model_file.startswith("/") or "\\" in model_file or ".." in parts or not parts:
+        return f"manifest: target/model_file: {model_file!r} is not a path inside the package"
+    if not any(name == model_file or name.startswith(model_file.rstrip("/") + "/") for name in recorded):
+        return f"manifest: target/model_file: {model_file!r} is not in the manifest's file table"
+    return None
 
 
 def other_runtimes_present(target, model_path: Path, recipe: Recipe) -> tuple[list, dict[str, str]]:
@@ -106,9 +119,12 @@ def verify_artifact(directory: Path, threads: int = 2, latency: bool = False) ->
     problems += _file_problems(directory, recorded)
     fields: dict = {"parity": None}
     target = manifest.get("target") if isinstance(manifest.get("target"), dict) else {}
-    model_file = target.get("model_file", "")
+    model_problem = _model_file_problem(directory, target.get("model_file"), recorded)
+    problems += [model_problem] if model_problem else []
+    if not (directory / REFERENCE_FILE).is_file():
+        problems.append(f"missing {REFERENCE_FILE}: parity cannot be checked")
     # Parity runs even when a hash differs: a changed model must also be caught by what it computes.
-    if model_file and (directory / model_file).exists() and (directory / REFERENCE_FILE).is_file():
+    if not model_problem and (directory / target["model_file"]).exists() and (directory / REFERENCE_FILE).is_file():
         try:
             runtime_problems, fields = _check_runtimes(directory, manifest, threads, latency)
             problems += runtime_problems
@@ -116,6 +132,8 @@ def verify_artifact(directory: Path, threads: int = 2, latency: bool = False) ->
             raise
         except Exception as exc:  # a damaged model, reference or manifest: a failed verification, not a crash
             problems.append(f"parity: could not run the model on the reference inputs: {type(exc).__name__}: {exc}")
+    if fields["parity"] is None and not problems:  # never a pass without parity
+        problems.append("parity was not checked")
     package = manifest.get("package") if isinstance(manifest.get("package"), dict) else {}
     return VerifyReport(str(directory), not problems, tuple(problems), len(recorded) + 1, package=package, **fields)
 

@@ -121,6 +121,7 @@ def test_missing_member_and_renamed_folder_are_reported(bundle: Path, tmp_path: 
     ("efficientformer-l1-onnx-fp32/../../escaped.txt", "'..' segment"),
     ("/tmp/absolute-escape.txt", "absolute"),
     ("efficientformer-l1-onnx-fp32\\..\\escaped.txt", "non-POSIX"),
+    ("efficientformer-l1-onnx-fp32/./README.md", "'.' or empty segment"),  # a second name for a member
 ])
 def test_escaping_members_are_refused_before_anything_is_extracted(bundle: Path, tmp_path: Path, member: str,
                                                                     reason: str) -> None:

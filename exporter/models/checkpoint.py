@@ -94,7 +94,7 @@ def extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
                                                   None)):
         state = obj[entry]
     else:
-        shown = ", ".join(map(repr, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
+        shown = ", ".join(_shown(repr(k)) for k in list(obj)[:8]) if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(
             f"{path}: no state dict found: expected a dict of tensors, bare or under one of "
             f"{', '.join(STATE_DICT_ENTRIES)}; found {shown}"
@@ -102,12 +102,33 @@ def extract_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return _renamed(state, lambda k: k.removeprefix("module."), path)
 
 
+def _shown(key: str) -> str:
+    """A key for a one-line message: as it is when short and printable, else quoted (line breaks escaped), shortened."""
+    if key.isprintable() and len(key) <= 80:
+        return key
+    return repr(key if len(key) <= 80 else f"{key[:50]}...{key[-20:]}")
+
+
+def _not_plain(value: torch.Tensor) -> str | None:
+    """Why a tensor cannot be loaded as weights (sparse, quantized, meta, complex); None for a plain one."""
+    if value.layout != torch.strided:
+        return f"a {str(value.layout).removeprefix('torch.')} tensor"
+    if value.is_quantized or value.is_complex():
+        return f"a {str(value.dtype).removeprefix('torch.')} tensor"
+    if value.is_meta:
+        return "a meta tensor (no data)"
+    return None
+
+
 def _renamed(state: dict[str, torch.Tensor], rename: Callable[[str], str], path: Path) -> dict[str, torch.Tensor]:
     """Rename every key, refusing two keys that would land on one name (one would silently win)."""
     renamed: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     for key, value in state.items():
-        new = rename(key)
+        try:
+            new = rename(key)
+        except ValueError as exc:  # a block index too long for int()
+            raise CheckpointError(f"{path}: cannot read key {_shown(key)}: {str(exc).split(';')[0]}") from None
         if new in renamed:
             raise CheckpointError(f"{path}: keys {origin[new]!r} and {key!r} both mean {new!r}; "
                                   "the checkpoint mixes layouts or prefixes")
@@ -134,6 +155,9 @@ def read_checkpoint(path: Path) -> Checkpoint:
         raw = _torch_load(path)
         file_format = "pth"
     state = extract_state_dict(raw, path)
+    odd = [f"{_shown(k)} is {why}" for k, v in state.items() if (why := _not_plain(v))]
+    if odd:
+        raise CheckpointError(f"{path}: not plain dense weights: {'; '.join(odd[:_MAX_LISTED])}")
     keys = list(state)
     if looks_like_efficientformer_v2(keys):
         raise CheckpointError(
@@ -144,7 +168,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
     if layout is None:
         raise CheckpointError(
             f"{path}: not an EfficientFormer checkpoint: none of the upstream (patch_embed.*, network.*) or "
-            f"timm (stem.*, stages.*) keys are there; first keys: {', '.join(keys[:_MAX_LISTED])}"
+            f"timm (stem.*, stages.*) keys are there; first keys: {', '.join(map(_shown, keys[:_MAX_LISTED]))}"
         )
     native = _renamed(state, KEY_MAPPERS[layout], path)
     return Checkpoint(path, sha256_of(path), file_format, layout, native)
@@ -168,7 +192,7 @@ def layout_mismatches(state: dict[str, torch.Tensor], variant: str) -> list[str]
     problems = [f"shape of {k}: checkpoint {got[k]}, {variant} expects {want[k]}"
                 for k in want if k in got and got[k] != want[k]]
     problems += [f"missing key {k} {want[k]}" for k in want if k not in got]
-    problems += [f"unexpected key {k} {got[k]}" for k in got if k not in want]
+    problems += [f"unexpected key {_shown(k)} {got[k]}" for k in got if k not in want]
     return problems
 
 
