@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 
 from exporter import interrupts
@@ -27,8 +28,8 @@ from exporter.stages.capture import capture
 from exporter.stages.fold import fold_model, fold_probe
 from exporter.stages.load import LoadedModel, load_model
 from exporter.stages.package import build_manifest, package
-from exporter.targets import TARGETS, Runner
-from validate.isolated import outputs_isolated
+from exporter.targets import TARGETS, Runner, Target
+from validate.isolated import run_isolated
 from validate.parity import compare_outputs
 from validate.reference import ReferenceSet, build_reference_set
 
@@ -131,6 +132,13 @@ def _gated_parity(runner: Runner, reference: ReferenceSet, recipe: Recipe) -> di
     return report.to_dict()
 
 
+def _parity_run(target: Target, path: Path, recipe: Recipe, inputs: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The parity runner's outputs, and its report of the run (runners that keep one); in the child process."""
+    runner = target.open_runner(path, recipe.latency.threads)
+    outputs = runner(inputs)
+    return outputs, (runner.report() if hasattr(runner, "report") else {})
+
+
 def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedInputs | None = None) -> ExportResult:
     """One export; ``shared`` lets several exports of the same model (``efexport all``) load it once."""
     recipe = request.recipe
@@ -162,8 +170,8 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
             exported = target.export(captured, staging, recipe)
             reference.save(staging / REFERENCE_FILE)
         with reporter.stage("validate", f"{target.name} vs PyTorch on {len(reference.inputs)} inputs"):
-            outputs = outputs_isolated(lambda inputs: target.open_runner(exported.path, recipe.latency.threads)(inputs),
-                                       reference.inputs, f"{target.name} parity run")
+            outputs, run_report = run_isolated(lambda inputs: _parity_run(target, exported.path, recipe, inputs),
+                                               reference.inputs, f"{target.name} parity run")
             runner = target.open_runner(exported.path, recipe.latency.threads)  # opened here once it proved safe
             parity = compare_outputs(outputs, reference.outputs, reference.kinds,
                                      recipe.tolerances(getattr(runner, "precision", None)))
@@ -184,8 +192,7 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
             extras = {"runtime_parity": other_parity} if other_parity else {}
             if not latency:
                 extras["latency_note"] = target.latency_unavailable
-            if hasattr(runner, "report"):
-                extras |= runner.report()
+            extras |= run_report  # e.g. what the Core ML interpreter executed
             manifest = build_manifest(loaded, folded, captured, exported, parity, latency, recipe,
                                       request.recipe_source) | extras
             manifest = package(staging, manifest, target, exported, recipe.latency.threads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -64,15 +65,17 @@ def test_exiting_without_a_result_is_a_crash() -> None:
         outputs_isolated(lambda x: os._exit(3), INPUTS, "run")
 
 
-def test_an_interrupt_while_waiting_kills_the_child_and_leaves_no_scratch(tmp_path: Path) -> None:
+def test_an_interrupt_while_waiting_kills_the_child_and_leaves_no_scratch(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     started = tmp_path / "child.pid"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # this test's own, not the /tmp other workers share
 
     def hangs(inputs: np.ndarray) -> np.ndarray:
         started.write_text(str(os.getpid()))
         time.sleep(600)
         return inputs
-
-    scratch_before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("efexport-run-*"))
 
     def interrupt_when_started() -> None:
         while not started.exists():
@@ -85,4 +88,4 @@ def test_an_interrupt_while_waiting_kills_the_child_and_leaves_no_scratch(tmp_pa
     child = int(started.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)  # killed and reaped
-    assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("efexport-run-*")) == scratch_before
+    assert list(scratch.iterdir()) == []

@@ -12,6 +12,7 @@ Apple's frameworks is unsafe) the run stays in this process.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import signal
 import sys
@@ -30,17 +31,18 @@ class RuntimeCrashed(StageError):
     """The runtime died in the child process: killed by a signal, or exited without a result."""
 
 
-def _child(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, result: Path, error: Path) -> None:
+def _child(work: Callable[[np.ndarray], tuple[np.ndarray, dict]], inputs: np.ndarray, scratch: Path) -> None:
     # A Ctrl-C reaches the whole process group: the child just dies, the parent reports the interrupt.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        outputs = np.asarray(run(inputs))
+        outputs, report = work(inputs)
+        (scratch / "report.json").write_text(json.dumps(report))
     except Exception as exc:
-        error.write_text(f"{type(exc).__name__}: {exc}")
+        (scratch / "error.txt").write_text(f"{type(exc).__name__}: {exc}")
         sys.exit(1)
-    with result.open("wb") as handle:
-        np.save(handle, outputs, allow_pickle=False)
+    with (scratch / "outputs.npy").open("wb") as handle:
+        np.save(handle, np.asarray(outputs), allow_pickle=False)
 
 
 def _signal_name(number: int) -> str:
@@ -50,16 +52,19 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def outputs_isolated(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, what: str) -> np.ndarray:
-    """``run(inputs)`` in a forked child; raise StageError naming ``what`` and the cause if it fails or dies.
+def run_isolated(work: Callable[[np.ndarray], tuple[np.ndarray, dict]], inputs: np.ndarray,
+                 what: str) -> tuple[np.ndarray, dict]:
+    """``work(inputs)`` -> (outputs, a JSON-able report of the run) in a forked child; raise StageError naming
+    ``what`` and the cause if it fails or dies.
 
-    ``run`` should open the runtime itself, so that a model that crashes the runtime while loading is also
+    ``work`` should open the runtime itself, so that a model that crashes the runtime while loading is also
     caught in the child."""
     if not ISOLATED:
-        return np.asarray(run(inputs))
-    with tempfile.TemporaryDirectory(prefix="efexport-run-") as scratch:
-        result, error = Path(scratch) / "outputs.npy", Path(scratch) / "error.txt"
-        child = multiprocessing.get_context("fork").Process(target=_child, args=(run, inputs, result, error),
+        outputs, report = work(inputs)
+        return np.asarray(outputs), report
+    with tempfile.TemporaryDirectory(prefix="efexport-run-") as directory:
+        scratch = Path(directory)
+        child = multiprocessing.get_context("fork").Process(target=_child, args=(work, inputs, scratch),
                                                             name=f"efexport {what}", daemon=True)
         child.start()
         try:
@@ -69,11 +74,17 @@ def outputs_isolated(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray
             child.join()
             raise
         code = child.exitcode
-        if code == 0 and result.is_file():
-            return np.load(result, allow_pickle=False)
-        if error.is_file():
-            raise StageError(f"{what}: {error.read_text()}")
+        if code == 0 and (scratch / "outputs.npy").is_file():
+            report = json.loads((scratch / "report.json").read_text())
+            return np.load(scratch / "outputs.npy", allow_pickle=False), report
+        if (scratch / "error.txt").is_file():
+            raise StageError(f"{what}: {(scratch / 'error.txt').read_text()}")
         if code is not None and code < 0:
             raise RuntimeCrashed(f"{what} crashed: the runtime's process was killed by {_signal_name(-code)} "
                                  "while running the reference inputs")
         raise RuntimeCrashed(f"{what}: the runtime's process exited with code {code} and no result")
+
+
+def outputs_isolated(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, what: str) -> np.ndarray:
+    """``run(inputs)`` in a forked child, as ``run_isolated``, when only the outputs matter."""
+    return run_isolated(lambda batch: (run(batch), {}), inputs, what)[0]
