@@ -115,7 +115,9 @@ def _run_guarded(as_json: bool, work: Any) -> Any:
     except EfexportError as exc:
         raise _fail(exc, as_json) from None
     except KeyboardInterrupt:
-        Console(stderr=True).print("[bold red]interrupted[/]: nothing was written")
+        # a signal can land after the rename: then the artifact is complete and verified, never partial
+        Console(stderr=True).print("[bold red]interrupted[/]: unfinished work was removed; no partial artifact is "
+                                   "left")
         raise typer.Exit(int(interrupts.exit_code())) from None
 
 
@@ -498,7 +500,7 @@ def all_command(
             rows.append(_export_one(name, overrides, variant, weights, seed, out, force, console, bundle_dir,
                                     profile, shared))
     except KeyboardInterrupt:
-        Console(stderr=True).print("[bold red]interrupted[/]: the target in progress wrote nothing")
+        Console(stderr=True).print("[bold red]interrupted[/]: the target in progress left no partial package")
         raise typer.Exit(int(interrupts.exit_code())) from None
     failed = [row for row in rows if row["status"] == "failed"]
     profiles = [(row["target"], row["profile"]) for row in rows if row.get("profile")]

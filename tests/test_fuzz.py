@@ -631,19 +631,26 @@ def _read_and_check(directory: Path, mutated: MutatedManifest) -> dict | None:
 def test_mutated_manifests_are_refused_or_reported(package: Path, manifest_dirs: dict[str, Path],
                                                    data: st.DataObject) -> None:
     """The readers and verify_artifact up to parity: the model file is absent, so a pass would be a bug."""
+    outcome = _verify_mutated(package, manifest_dirs["light"], data, "manifest-readers")
+    if outcome is not None:
+        _check_report(outcome[0], must_fail=True)
+
+
+def _verify_mutated(package: Path, directory: Path, data: st.DataObject,
+                    counter: str) -> tuple[VerifyReport, dict, dict] | None:
+    """(report, mutated manifest, original) of verify_artifact on ``directory`` holding a mutated manifest; None
+    when a reader refused it with a documented error first."""
     original = read_manifest(package)
     mutated = data.draw(mutated_manifests(original), label="manifest")
-    EXAMPLES["manifest-readers"] += 1
-    directory = manifest_dirs["light"]
+    EXAMPLES[counter] += 1
     manifest = _read_and_check(directory, mutated)
     if manifest is None:
-        return
+        return None
     try:
-        report = verify_artifact(directory)
+        return verify_artifact(directory), manifest, original
     except VerifyError as exc:
         _documented(exc)
-        return
-    _check_report(report, must_fail=True)
+        return None
 
 
 @settings(FUZZ, max_examples=examples(6))
@@ -651,18 +658,10 @@ def test_mutated_manifests_are_refused_or_reported(package: Path, manifest_dirs:
 def test_mutated_manifests_of_a_whole_package_fail_verification(package: Path, manifest_dirs: dict[str, Path],
                                                                 data: st.DataObject) -> None:
     """verify_artifact on the whole package, parity included (about a second an example: few examples)."""
-    original = read_manifest(package)
-    mutated = data.draw(mutated_manifests(original), label="manifest")
-    EXAMPLES["manifest-verify"] += 1
-    directory = manifest_dirs["full"]
-    manifest = _read_and_check(directory, mutated)
-    if manifest is None:
+    outcome = _verify_mutated(package, manifest_dirs["full"], data, "manifest-verify")
+    if outcome is None:
         return
-    try:
-        report = verify_artifact(directory)
-    except VerifyError as exc:
-        _documented(exc)
-        return
+    report, manifest, original = outcome
     must_fail = _must_fail(manifest, original)
     _check_report(report, must_fail)
     if report.passed and manifest != original:
