@@ -51,7 +51,7 @@ def _file_problems(directory: Path, recorded: dict) -> list[str]:
     return problems
 
 
-def _model_file_problem(directory: Path, model_file: object, recorded: dict) -> str | None:
+def _model_file_problem(model_file: object, recorded: dict) -> str | None:
     """Why ``target.model_file`` cannot be run, or None: it must name a file (or, for Core ML, a folder) of this
     package that its file table lists. A tampered manifest must not make verify open a path elsewhere."""
     if not isinstance(model_file, str) or not model_file:
@@ -88,7 +88,6 @@ def _check_runtimes(directory: Path, manifest: dict, threads: int, latency: bool
     tolerances = Tolerances.model_validate(manifest["parity"]["tolerances"])
     outputs = outputs_isolated(lambda inputs: target.open_runner(model_path, threads)(inputs), reference.inputs,
                                f"{fmt} parity run")  # a stranger's model that crashes the runtime kills a child
-    runner = target.open_runner(model_path, threads)
     parity = compare_outputs(outputs, reference.outputs, reference.kinds, tolerances)
     problems = [f"parity: {failure}" for failure in parity.failures]
     others, not_checked = other_runtimes_present(target, model_path, recipe)
@@ -101,6 +100,7 @@ def _check_runtimes(directory: Path, manifest: dict, threads: int, latency: bool
         fields["runtime_parity"][other.backend] = report.to_dict()
         problems += [f"parity on {other.backend}: {failure}" for failure in report.failures]
     if latency:
+        runner = target.open_runner(model_path, threads)  # only to time it: parity ran in the child
         fields["latency"] = [r.to_dict() for t in timed_runtimes(runner, others)
                              for r in measure_latency(t, recipe, reference)]
     return problems, fields
@@ -119,9 +119,9 @@ def verify_artifact(directory: Path, threads: int = 2, latency: bool = False) ->
     problems += _file_problems(directory, recorded)
     fields: dict = {"parity": None}
     target = manifest.get("target") if isinstance(manifest.get("target"), dict) else {}
-    model_problem = _model_file_problem(directory, target.get("model_file"), recorded)
+    model_problem = _model_file_problem(target.get("model_file"), recorded)
     problems += [model_problem] if model_problem else []
-    if not (directory / REFERENCE_FILE).is_file():
+    if REFERENCE_FILE not in recorded and not (directory / REFERENCE_FILE).is_file():  # listed: reported as missing
         problems.append(f"missing {REFERENCE_FILE}: parity cannot be checked")
     # Parity runs even when a hash differs: a changed model must also be caught by what it computes.
     if not model_problem and (directory / target["model_file"]).exists() and (directory / REFERENCE_FILE).is_file():
