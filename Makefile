@@ -59,7 +59,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,onnxslim]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,onnxslim,coreml]'
 	touch $(STAMP)
 
 onnx: $(STAMP)

@@ -1,3 +1,3 @@
-from exporter.cli import main
+from efexport.exporter.cli import main
 
 main()

@@ -31,20 +31,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-
-from exporter.errors import UsageError
-from exporter.manifest import MANIFEST_FILE, REFERENCE_FILE, read_manifest
-from exporter.recipes import Recipe, apply_overrides, default_recipe_path, load_recipe
-from exporter.runtimes import accepted_inputs, timed_runtimes
-from exporter.stages.capture import capture
-from exporter.stages.fold import fold_model, fold_probe
-from exporter.stages.load import LoadedModel, load_model
-from exporter.stages.package import published_figures
-from exporter.targets import TARGETS
-from exporter.targets.onnx import OnnxRunner, export_onnx
-from validate.latency import LatencyReport, Measurement, WindowRule, host_fingerprint, measure_interleaved
-from validate.macs import graph_cost
-from validate.reference import ReferenceSet, make_reference_inputs
+from efexport.exporter.errors import UsageError
+from efexport.exporter.manifest import MANIFEST_FILE, REFERENCE_FILE, read_manifest
+from efexport.exporter.recipes import Recipe, apply_overrides, default_recipe_path, load_recipe
+from efexport.exporter.runtimes import accepted_inputs, timed_runtimes
+from efexport.exporter.stages.capture import capture
+from efexport.exporter.stages.fold import fold_model, fold_probe
+from efexport.exporter.stages.load import LoadedModel, load_model
+from efexport.exporter.stages.package import published_figures
+from efexport.exporter.targets import TARGETS
+from efexport.exporter.targets.onnx import OnnxRunner, export_onnx
+from efexport.validate.latency import LatencyReport, Measurement, WindowRule, host_fingerprint, measure_interleaved
+from efexport.validate.macs import graph_cost
+from efexport.validate.reference import ReferenceSet, make_reference_inputs
 
 BENCH_SCHEMA = "efexport.bench/1"
 SWEEP_BATCHES = (1, 2, 4, 8, 16, 32)
@@ -148,7 +147,7 @@ def package_dirs(root: Path, variant: str, targets: tuple[str, ...]) -> dict[str
 
 def package_backends(package: Path, threads: int) -> tuple[list[Backend], dict[str, str]]:
     """The deployment runtimes present here for one package, and why the others are not."""
-    from exporter.verify import other_runtimes_present
+    from efexport.exporter.verify import other_runtimes_present
 
     manifest = read_manifest(package)
     target = TARGETS[manifest["target"]["format"]]

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from exporter.errors import OutputError, VerifyError
-from exporter.manifest import MANIFEST_FILE, read_manifest, sha256_of
+from efexport.exporter.errors import OutputError, VerifyError
+from efexport.exporter.manifest import MANIFEST_FILE, read_manifest, sha256_of
 
 BUNDLE_SUFFIX = ".zip"
 CHECKSUM_SUFFIX = ".sha256"

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from efexport.exporter import interrupts
+from efexport.exporter.errors import EfexportError, ExitCode
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
-from exporter import interrupts
-from exporter.errors import EfexportError, ExitCode
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 2 usage, 3 bad input (checkpoint, recipe, option values), 4 output exists or is not "
@@ -125,8 +124,8 @@ def _passes_without(recipe: Any, no_pass: list[str] | None) -> list[str] | None:
     """The recipe's pass list minus ``--no-pass`` names (None when no flag was given)."""
     if not no_pass:
         return None
-    from exporter.errors import RecipeError
-    from exporter.passes import PASS_NAMES
+    from efexport.exporter.errors import RecipeError
+    from efexport.exporter.passes import PASS_NAMES
 
     unknown = [name for name in no_pass if name not in PASS_NAMES]
     if unknown:
@@ -137,8 +136,8 @@ def _passes_without(recipe: Any, no_pass: list[str] | None) -> list[str] | None:
 def _load_target_recipe(target: str, recipe_path: Path | None, overrides: dict[str, Any],
                         no_pass: list[str] | None) -> tuple[Any, Path]:
     """The recipe file for ``target`` with the flags applied, all validated together."""
-    from exporter.errors import RecipeError
-    from exporter.recipes import apply_overrides, default_recipe_path, load_recipe
+    from efexport.exporter.errors import RecipeError
+    from efexport.exporter.recipes import apply_overrides, default_recipe_path, load_recipe
 
     path = recipe_path or default_recipe_path(target)
     loaded, _ = load_recipe(path)
@@ -207,8 +206,12 @@ def _export(target: str, recipe_path: Path | None, overrides: dict[str, Any], no
 
     def work() -> Any:
         final_recipe, path = _load_target_recipe(target, recipe_path, overrides, no_pass)
-        from exporter.pipeline import ExportRequest, StageReporter, run_export  # torch: only once the flags are good
-        from exporter.profiling import PipelineProfiler
+        from efexport.exporter.pipeline import (  # torch: only once the flags are good
+            ExportRequest,
+            StageReporter,
+            run_export,
+        )
+        from efexport.exporter.profiling import PipelineProfiler
 
         request = ExportRequest(variant=variant.value if variant else None, weights=weights, seed=seed,
                                 out_dir=out, recipe=final_recipe, recipe_source=str(path), force=force, trace=trace)
@@ -219,7 +222,7 @@ def _export(target: str, recipe_path: Path | None, overrides: dict[str, Any], no
             if result.profile:
                 console.print(_profile_table([(target, result.profile)]))
             if trace:
-                from exporter.pipeline import TRACE_FILE
+                from efexport.exporter.pipeline import TRACE_FILE
 
                 console.print(_trace_table(json.loads((result.artifact / TRACE_FILE).read_text())))
         return result
@@ -400,7 +403,7 @@ def tensorrt_command(
 
 
 def _usage(message: str) -> EfexportError:
-    from exporter.errors import UsageError
+    from efexport.exporter.errors import UsageError
 
     return UsageError(message)
 
@@ -409,9 +412,9 @@ def _export_one(target: str, overrides: dict[str, Any], variant: Variant | None,
                 out: Path, force: bool, console: Console | None, bundle_dir: Path | None, profile: bool,
                 shared: Any) -> dict:
     """One target of ``efexport all``: its outcome as a row; a user-facing error is a failed row, not an abort."""
-    from exporter.bundle import write_bundle
-    from exporter.pipeline import ExportRequest, StageReporter, run_export
-    from exporter.profiling import PipelineProfiler, release_memory
+    from efexport.exporter.bundle import write_bundle
+    from efexport.exporter.pipeline import ExportRequest, StageReporter, run_export
+    from efexport.exporter.profiling import PipelineProfiler, release_memory
 
     row: dict[str, Any] = {"target": target}
     start = time.perf_counter()
@@ -441,7 +444,7 @@ def _export_one(target: str, overrides: dict[str, Any], variant: Variant | None,
 
 def _profile_table(profiles: list[tuple[str, dict]]) -> Table:
     """Wall time and peak RSS per stage of each profiled export, and the peak over all of them."""
-    from exporter.profiling import format_bytes
+    from efexport.exporter.profiling import format_bytes
 
     table = Table("target", "stage", "seconds", "peak RSS", "RSS after", title="pipeline profile",
                   title_justify="left")
@@ -486,10 +489,10 @@ def all_command(
     if twice:  # the second export of a target would only find the first one's package in its way
         raise _fail(_usage(f"--targets {targets}: {', '.join(twice)} given twice"), as_json)
     if bundle_dir is not None:  # before any export: a package must not be written only to fail at its bundle
-        from exporter.output import check_output_root
+        from efexport.exporter.output import check_output_root
 
         _run_guarded(as_json, lambda: check_output_root(bundle_dir))
-    from exporter.pipeline import SharedInputs
+    from efexport.exporter.pipeline import SharedInputs
 
     console = _stderr(quiet)
     rows = []
@@ -533,9 +536,9 @@ def fold_command(
     """Run the fold passes alone and report each: changed or not, stored values and ops before/after, and its
     parity error against the unfolded model. Writes nothing.
     """
-    from exporter.stages.fold import fold_model, fold_probe
-    from exporter.stages.load import load_model
-    from validate.reference import make_reference_inputs
+    from efexport.exporter.stages.fold import fold_model, fold_probe
+    from efexport.exporter.stages.load import load_model
+    from efexport.validate.reference import make_reference_inputs
 
     def work() -> dict:
         final_recipe, _ = _load_target_recipe(target.value, recipe, {}, no_pass)
@@ -569,17 +572,17 @@ def verify_command(
 ) -> None:
     """Re-check a package or bundle anywhere: safe bundle members, the manifest against its schema, every file's
     sha256, then parity from reference_io.npz on every runtime of the target present on this machine."""
-    from exporter.verify import verify_package
+    from efexport.exporter.verify import verify_package
 
     report = _run_guarded(as_json, lambda: verify_package(path, threads, latency))
     document = json.dumps(report.to_dict(), indent=2)
     if report_file is not None:
         try:
-            from exporter.output import write_atomically
+            from efexport.exporter.output import write_atomically
 
             write_atomically(report_file, document + "\n")
         except OSError as exc:
-            from exporter.errors import OutputError
+            from efexport.exporter.errors import OutputError
 
             raise _fail(OutputError(f"--report {report_file}: cannot write it: {exc.strerror or exc}"),
                         as_json) from None
@@ -618,7 +621,7 @@ def bundle_command(
 ) -> None:
     """Verify a package, then write it as one reproducible zip (same package, same bytes) with a sha256sum file:
     OUT/efficientformer-VARIANT-TARGET-PRECISION.zip and .zip.sha256."""
-    from exporter.bundle import is_bundle, write_bundle
+    from efexport.exporter.bundle import is_bundle, write_bundle
 
     def work() -> Any:
         if is_bundle(package) and package.is_file():
@@ -636,8 +639,8 @@ def bundle_command(
 
 
 def _verified_or_fail(package: Path, threads: int) -> None:
-    from exporter.errors import VerifyError
-    from exporter.verify import verify_package
+    from efexport.exporter.errors import VerifyError
+    from efexport.exporter.verify import verify_package
 
     report = verify_package(package, threads)
     if not report.passed:
@@ -725,12 +728,12 @@ def bench_command(
     last three agree; p50/p90/p99 with the spread as noise; a throughput sweep by batch; MACs from efexport's
     graph and achieved GFLOP/s. Writes bench.json and latency.png, throughput.png, accuracy.png (measured latency
     against the paper's published top-1 and iPhone 12 figures, labelled as published)."""
-    from exporter.bench import BenchSettings, run_bench
-    from exporter.models.efficientformer import CONFIGS
-    from exporter.output import check_output_root, write_atomically
-    from exporter.stages.package import published_figures
-    from validate.latency import WindowRule
-    from validate.plots import write_plots
+    from efexport.exporter.bench import BenchSettings, run_bench
+    from efexport.exporter.models.efficientformer import CONFIGS
+    from efexport.exporter.output import check_output_root, write_atomically
+    from efexport.exporter.stages.package import published_figures
+    from efexport.validate.latency import WindowRule
+    from efexport.validate.plots import write_plots
 
     # a wide table: keep it whole when stderr is a pipe or a CI log, where rich would assume 80 columns
     console = None if quiet else Console(stderr=True, width=None if sys.stderr.isatty() else 150)
@@ -773,7 +776,7 @@ def bench_command(
 @app.command("variants")
 def variants_command(as_json: JsonOpt = False) -> None:
     """List the supported EfficientFormer variants with their published size and cost."""
-    from exporter.models.efficientformer import CONFIGS
+    from efexport.exporter.models.efficientformer import CONFIGS
 
     rows = [{"variant": c.variant, "widths": list(c.widths), "depths": list(c.depths), "mb3d_blocks": c.num_mb3d,
              "published_params_m": c.published_params_m, "published_gmacs": c.published_gmacs}
@@ -829,7 +832,7 @@ def publish_command(
     random weights, the version holds a different package); 11: the destination failed (unreachable, denied,
     an upload did not verify).
     """
-    from exporter.publish import open_store, publish
+    from efexport.exporter.publish import open_store, publish
 
     def work() -> Any:
         store = open_store(to, endpoint_url)

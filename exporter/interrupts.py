@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 
-from exporter.errors import ExitCode
+from efexport.exporter.errors import ExitCode
 
 _received: int | None = None
 

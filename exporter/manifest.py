@@ -39,7 +39,7 @@ def _git_commit() -> str | None:
 
 
 def tool_versions() -> dict[str, str | None]:
-    from exporter import __version__
+    from efexport.exporter import __version__
 
     versions: dict[str, str | None] = {"efexport": __version__, "efexport_git_commit": _git_commit(),
                                        "python": platform.python_version()}
@@ -85,7 +85,7 @@ def _not_json(constant: str) -> None:
 
 
 def read_manifest(directory: Path) -> dict:
-    from exporter.errors import VerifyError
+    from efexport.exporter.errors import VerifyError
 
     path = directory / MANIFEST_FILE
     try:

@@ -15,13 +15,12 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from efexport.exporter.errors import VerifyError
+from efexport.exporter.manifest import MANIFEST_SCHEMA
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from exporter.errors import VerifyError
-from exporter.manifest import MANIFEST_SCHEMA
-
-SCHEMA_FILE = resources.files("exporter.data").joinpath("manifest.schema.json")
+SCHEMA_FILE = resources.files("efexport.exporter.data").joinpath("manifest.schema.json")
 SCHEMA_ID = "https://efexport.invalid/schemas/efexport.manifest-3.schema.json"
 ROOT = "(root)"  # how a problem with the manifest as a whole names its place
 _SHOWN_PROBLEMS = 5

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from exporter.errors import OutputError
+from efexport.exporter.errors import OutputError
 
 _NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
             errno.EFBIG: "file too large (a file-size limit)", errno.EROFS: "read-only filesystem"}

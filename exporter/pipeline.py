@@ -15,23 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from efexport.exporter import interrupts
+from efexport.exporter.errors import EfexportError, ParityError, StageError, UsageError
+from efexport.exporter.manifest import REFERENCE_FILE
+from efexport.exporter.output import check_destination, check_output_root, staged_output, write_failure
+from efexport.exporter.profiling import PipelineProfiler, format_bytes
+from efexport.exporter.recipes import Recipe
+from efexport.exporter.runtimes import measure_latency, runtime_parity, timed_runtimes
+from efexport.exporter.stages.capture import capture
+from efexport.exporter.stages.fold import fold_model, fold_probe
+from efexport.exporter.stages.load import LoadedModel, load_model
+from efexport.exporter.stages.package import build_manifest, package
+from efexport.exporter.targets import TARGETS, Runner, Target
+from efexport.validate.isolated import run_isolated
+from efexport.validate.parity import compare_outputs
+from efexport.validate.reference import ReferenceSet, build_reference_set
 from rich.console import Console
-
-from exporter import interrupts
-from exporter.errors import EfexportError, ParityError, StageError, UsageError
-from exporter.manifest import REFERENCE_FILE
-from exporter.output import check_destination, check_output_root, staged_output, write_failure
-from exporter.profiling import PipelineProfiler, format_bytes
-from exporter.recipes import Recipe
-from exporter.runtimes import measure_latency, runtime_parity, timed_runtimes
-from exporter.stages.capture import capture
-from exporter.stages.fold import fold_model, fold_probe
-from exporter.stages.load import LoadedModel, load_model
-from exporter.stages.package import build_manifest, package
-from exporter.targets import TARGETS, Runner, Target
-from validate.isolated import run_isolated
-from validate.parity import compare_outputs
-from validate.reference import ReferenceSet, build_reference_set
 
 
 @dataclass(frozen=True)

@@ -47,14 +47,14 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from exporter.bundle import CHECKSUM_SUFFIX, bundle_name, check_members, is_bundle, write_bundle
-from exporter.errors import OutputError, PublishError, PublishRefused, UsageError, VerifyError
-from exporter.manifest import MANIFEST_FILE, read_manifest, sha256_of
-from exporter.output import check_output_root
+from efexport.exporter.bundle import CHECKSUM_SUFFIX, bundle_name, check_members, is_bundle, write_bundle
+from efexport.exporter.errors import OutputError, PublishError, PublishRefused, UsageError, VerifyError
+from efexport.exporter.manifest import MANIFEST_FILE, read_manifest, sha256_of
+from efexport.exporter.output import check_output_root
 
 INDEX_KEY = "index.json"
 INDEX_SCHEMA = "efexport.registry-index/1"
@@ -73,7 +73,7 @@ _DENIED_CODES = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "Sign
 
 
 def _card_file() -> str:
-    from exporter.model_card import CARD_FILE
+    from efexport.exporter.model_card import CARD_FILE
 
     return CARD_FILE
 
@@ -568,7 +568,7 @@ def gate_problems(manifest: dict, allow_random_weights: bool = False, allow_no_e
 
 
 def _verified_or_refused(source: Path, threads: int) -> None:
-    from exporter.verify import verify_package
+    from efexport.exporter.verify import verify_package
 
     try:
         report = verify_package(source, threads)
@@ -647,7 +647,7 @@ def _update_index(store: Store, change: Callable[[dict], dict | None]) -> dict:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------------------------------------------- latency

@@ -6,18 +6,20 @@ key. Command-line flags override recipe values through ``apply_overrides`` and a
 
 from __future__ import annotations
 
+import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
+from efexport.exporter.errors import RecipeError
+from efexport.exporter.geometry import final_token_grid
+from efexport.exporter.passes import PASS_NAMES
+from efexport.validate.latency import WindowRule
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from exporter.errors import RecipeError
-from exporter.geometry import final_token_grid
-from exporter.passes import PASS_NAMES
-from validate.latency import WindowRule
-
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# The shipped default recipes: the top-level recipes/ folder, installed as the package efexport.recipes (one
+# source of truth for the repository and the wheel). A wheel always installs onto a file system, so it is a path.
+RECIPES_DIR = Path(str(resources.files("efexport.recipes")))
 SUPPORTED_OPSETS = (14, 20)  # LayerNormalization is native from 17; below it is decomposed
 
 

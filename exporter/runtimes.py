@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-
-from exporter.recipes import Recipe
-from exporter.targets import Runner
-from validate.latency import LatencyReport, host_fingerprint, measure
-from validate.parity import ParityReport, compare_outputs
-from validate.reference import ReferenceSet
+from efexport.exporter.recipes import Recipe
+from efexport.exporter.targets import Runner
+from efexport.validate.latency import LatencyReport, host_fingerprint, measure
+from efexport.validate.parity import ParityReport, compare_outputs
+from efexport.validate.reference import ReferenceSet
 
 
 def accepted_inputs(runner: Runner, reference: ReferenceSet) -> list[int]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from exporter.preprocessing import IMAGENET
+from efexport.exporter.preprocessing import IMAGENET
 
 
 def image_like(gen: torch.Generator, size: int) -> torch.Tensor:

@@ -13,16 +13,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
-from exporter.bundle import checksum_problems, is_bundle, opened_bundle
-from exporter.errors import VerifyError
-from exporter.manifest import MANIFEST_FILE, REFERENCE_FILE, file_table, read_manifest
-from exporter.manifest_schema import schema_problems
-from exporter.recipes import Recipe, Tolerances
-from exporter.runtimes import measure_latency, runtime_parity, timed_runtimes
-from exporter.targets import TARGETS
-from validate.isolated import outputs_isolated
-from validate.parity import ParityReport, compare_outputs
-from validate.reference import ReferenceSet
+from efexport.exporter.bundle import checksum_problems, is_bundle, opened_bundle
+from efexport.exporter.errors import VerifyError
+from efexport.exporter.manifest import MANIFEST_FILE, REFERENCE_FILE, file_table, read_manifest
+from efexport.exporter.manifest_schema import schema_problems
+from efexport.exporter.recipes import Recipe, Tolerances
+from efexport.exporter.runtimes import measure_latency, runtime_parity, timed_runtimes
+from efexport.exporter.targets import TARGETS
+from efexport.validate.isolated import outputs_isolated
+from efexport.validate.parity import ParityReport, compare_outputs
+from efexport.validate.reference import ReferenceSet
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 
 import torch
-
-from exporter.models import build_model
-from exporter.models.efficientformer import EfficientFormer, attention_bias_indices
-from exporter.models.layouts import upstream_key_to_native
-from exporter.models.random_weights import randomize_realistically
+from efexport.exporter.models import build_model
+from efexport.exporter.models.efficientformer import EfficientFormer, attention_bias_indices
+from efexport.exporter.models.layouts import upstream_key_to_native
+from efexport.exporter.models.random_weights import randomize_realistically
 
 REPO = Path(__file__).resolve().parent.parent
-STATE_DICTS = REPO.parent / "shared" / "reference" / "state-dicts"
+STATE_DICTS = REPO / "tests" / "data" / "state-dicts"  # key/shape tables of real checkpoints
 
 
 @functools.cache
@@ -34,7 +33,7 @@ def realistic_model(variant: str, seed: int = 0) -> EfficientFormer:
 
 
 def reference_layout(variant: str, layout: str) -> dict[str, list[int]]:
-    """Key -> shape of a real upstream or timm checkpoint, from ../shared/reference/state-dicts."""
+    """Key -> shape of a real upstream or timm checkpoint (tests/data/state-dicts)."""
     name = f"v1-{variant}.json" if layout == "upstream" else f"v1-{variant}-timm.json"
     return {k: shape for k, (shape, _dtype) in json.loads((STATE_DICTS / name).read_text())["keys"].items()}
 
@@ -63,7 +62,7 @@ def upstream_state_dict(model: EfficientFormer) -> dict[str, torch.Tensor]:
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``efexport`` as a user would: a real subprocess of the installed console entry point."""
     exe = Path(sys.executable).with_name("efexport")
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "exporter"]
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "efexport.exporter"]
     env = os.environ | {"COLUMNS": "200", "NO_COLOR": "1"}
     return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, cwd=cwd or REPO,
                           timeout=timeout, env=env)
@@ -78,7 +77,7 @@ def error_vs_exact(folded: torch.nn.Module, unfolded: torch.nn.Module, images: t
 
 def with_passes(model: torch.nn.Module, names: list[str]) -> torch.nn.Module:
     """A deep copy of ``model`` with the named fold passes applied in order."""
-    from exporter.passes import ALL_PASSES
+    from efexport.exporter.passes import ALL_PASSES
 
     folded = copy.deepcopy(model)
     for name in names:

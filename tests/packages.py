@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from exporter.manifest import MANIFEST_FILE
-from exporter.pipeline import ExportRequest, StageReporter, run_export
-from exporter.recipes import apply_overrides, default_recipe_path, load_recipe
+from efexport.exporter.manifest import MANIFEST_FILE
+from efexport.exporter.pipeline import ExportRequest, StageReporter, run_export
+from efexport.exporter.recipes import apply_overrides, default_recipe_path, load_recipe
 
 TARGETS = ("onnx", "coreml", "tensorrt")
 FAST_LATENCY = {"latency.warmup_runs": 1, "latency.window_runs": 5, "latency.max_windows": 3}  # 15 timed calls

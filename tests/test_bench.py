@@ -13,9 +13,9 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from efexport.exporter.manifest_schema import manifest_schema
 from PIL import Image
 
-from exporter.manifest_schema import manifest_schema
 from tests.packages import exported_package
 
 SHARED_PACKAGES = pytest.mark.xdist_group("l1-packages")
@@ -23,7 +23,8 @@ QUICK = ["--warmup-runs", "1", "--window-runs", "3", "--max-windows", "3"]
 
 
 def efexport(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "efexport.exporter", *args], capture_output=True, text=True,
+                          timeout=600)
 
 
 @pytest.fixture(scope="session")  # not module: xdist interleaves modules on a worker, which would bench again

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from efexport.validate.bench_pipeline import STAGES, STARTUP, _goal, main
 
 from tests.helpers import REPO
-from validate.bench_pipeline import STAGES, STARTUP, _goal, main
 
 # One worker runs every test that reads the report, and the report is made once per session: with a module scope,
 # xdist's interleaving of modules on a worker would tear it down and run the benchmark again.
@@ -24,8 +24,9 @@ pytestmark = pytest.mark.xdist_group("bench-pipeline")
 @pytest.fixture(scope="session")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench-pipeline") / "report.json"
-    result = subprocess.run([sys.executable, "-m", "validate.bench_pipeline", "--variant", "l1", "--targets", "onnx",
-                             "--json", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "efexport.validate.bench_pipeline", "--variant", "l1",
+                              "--targets", "onnx", "--json", str(out)],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "pipeline vs bare tool calls" in result.stdout and "goals" in result.stdout
     return json.loads(out.read_text())

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
-from exporter.errors import CheckpointError, ExitCode
-from exporter.models.checkpoint import (
+from efexport.exporter.errors import CheckpointError, ExitCode
+from efexport.exporter.models.checkpoint import (
     Checkpoint,
     expected_shapes,
     identify_variant,
@@ -25,9 +23,17 @@ from exporter.models.checkpoint import (
     load_into_model,
     read_checkpoint,
 )
-from exporter.models.efficientformer import VARIANTS, EfficientFormer, LayerScale, attention_bias_indices, build_model
-from exporter.models.layouts import detect_layout, looks_like_efficientformer_v2, upstream_key_to_native
-from exporter.stages.load import RANDOM_INIT, load_model
+from efexport.exporter.models.efficientformer import (
+    VARIANTS,
+    EfficientFormer,
+    LayerScale,
+    attention_bias_indices,
+    build_model,
+)
+from efexport.exporter.models.layouts import detect_layout, looks_like_efficientformer_v2, upstream_key_to_native
+from efexport.exporter.stages.load import RANDOM_INIT, load_model
+from safetensors.torch import save_file
+
 from tests.helpers import STATE_DICTS, realistic_model, reference_layout, timm_state_dict, upstream_state_dict
 
 IDXS = "attention_bias_idxs"

@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
+from efexport.exporter.errors import ExitCode, ParityError
+from efexport.exporter.passes import ALL_PASSES, ModelPass, PassResult
+from efexport.exporter.recipes import default_recipe_path, load_recipe
+from efexport.exporter.stages.fold import fold_model, fold_probe, traced_op_counts, traced_run
+from efexport.validate.reference import make_reference_inputs
 from torch import nn
 
-from exporter.errors import ExitCode, ParityError
-from exporter.passes import ALL_PASSES, ModelPass, PassResult
-from exporter.recipes import default_recipe_path, load_recipe
-from exporter.stages.fold import fold_model, fold_probe, traced_op_counts, traced_run
 from tests.helpers import realistic_model, run_cli
-from validate.reference import make_reference_inputs
 
 PROBE = make_reference_inputs(0, 1, 1)[0]
 ONNX_PASSES = list(load_recipe(default_recipe_path("onnx"))[0].fold.passes)

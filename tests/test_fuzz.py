@@ -39,6 +39,7 @@ import shutil
 import stat
 import struct
 import tempfile
+import tomllib
 import warnings
 import zipfile
 from collections import Counter
@@ -48,20 +49,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 import torch
+from efexport.exporter.bundle import checksum_problems, is_bundle, write_bundle
+from efexport.exporter.errors import CheckpointError, EfexportError, ExitCode, RecipeError, VerifyError
+from efexport.exporter.manifest import MANIFEST_FILE, read_manifest
+from efexport.exporter.manifest_schema import check_manifest, schema_problems
+from efexport.exporter.models.checkpoint import read_checkpoint
+from efexport.exporter.recipes import RECIPES_DIR, Recipe, apply_overrides, load_recipe, parse_recipe
+from efexport.exporter.stages.load import load_model
+from efexport.exporter.verify import VerifyReport, verify_artifact, verify_package
 from hypothesis import HealthCheck, Phase, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from exporter.bundle import checksum_problems, is_bundle, write_bundle
-from exporter.errors import CheckpointError, EfexportError, ExitCode, RecipeError, VerifyError
-from exporter.manifest import MANIFEST_FILE, read_manifest
-from exporter.manifest_schema import check_manifest, schema_problems
-from exporter.models.checkpoint import read_checkpoint
-from exporter.recipes import RECIPES_DIR, Recipe, apply_overrides, load_recipe, parse_recipe
-from exporter.stages.load import load_model
-from exporter.verify import VerifyReport, verify_artifact, verify_package
 from tests.helpers import realistic_model, timm_state_dict, upstream_state_dict
 from tests.packages import exported_package
 
@@ -374,7 +374,7 @@ SHIPPED_RECIPES = {p.name: p.read_bytes() for p in sorted(RECIPES_DIR.glob("*.to
 TOML_KEYS = st.text(max_size=10)
 TOML_SCALARS = st.one_of(
     st.integers(), st.sampled_from([2**63, -(2**63) - 1, 10**40, 0, -1]), st.floats(), st.text(max_size=12),
-    st.booleans(), st.datetimes(timezones=st.none() | st.just(dt.timezone.utc)), st.dates(), st.times(), st.none(),
+    st.booleans(), st.datetimes(timezones=st.none() | st.just(dt.UTC)), st.dates(), st.times(), st.none(),
 )
 TOML_VALUES = st.recursive(TOML_SCALARS, lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(TOML_KEYS, inner, max_size=3), max_leaves=6)

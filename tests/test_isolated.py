@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from exporter.errors import ExitCode, StageError
-from validate.isolated import ISOLATED, RuntimeCrashed, outputs_isolated
+from efexport.exporter.errors import ExitCode, StageError
+from efexport.validate.isolated import ISOLATED, RuntimeCrashed, outputs_isolated
 
 pytestmark = pytest.mark.skipif(not ISOLATED, reason="runs are isolated in a forked child on Linux only")
 

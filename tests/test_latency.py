@@ -11,9 +11,8 @@ from collections.abc import Callable, Iterator
 
 import jsonschema
 import pytest
-
-from exporter.manifest_schema import manifest_schema
-from validate.latency import LATENCY_SCHEMA, LatencyReport, WindowRule, measure_interleaved, window_spread
+from efexport.exporter.manifest_schema import manifest_schema
+from efexport.validate.latency import LATENCY_SCHEMA, LatencyReport, WindowRule, measure_interleaved, window_spread
 
 
 class ScriptedClock:

@@ -26,19 +26,18 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from efexport.exporter.models.efficientformer import CONFIGS, build_model
+from efexport.exporter.recipes import default_recipe_path, load_recipe
+from efexport.exporter.stages.capture import capture
+from efexport.exporter.stages.fold import count_stored_values, fold_model, fold_probe
+from efexport.exporter.stages.load import load_model
+from efexport.exporter.targets.onnx import export_onnx
+from efexport.validate.bench_fold import simplified_plain_export as plain_export
+from efexport.validate.macs import GraphCost, graph_cost
+from efexport.validate.reference import make_reference_inputs
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-from exporter.models.efficientformer import CONFIGS, build_model
-from exporter.recipes import default_recipe_path, load_recipe
-from exporter.stages.capture import capture
-from exporter.stages.fold import count_stored_values, fold_model, fold_probe
-from exporter.stages.load import load_model
-from exporter.targets.onnx import export_onnx
-from validate.bench_fold import simplified_plain_export as plain_export
-from validate.macs import GraphCost, graph_cost
-from validate.reference import make_reference_inputs
 
 OPSET = 17
 pytestmark = pytest.mark.xdist_group("macs-l1")  # one worker exports l1 (both ways) once

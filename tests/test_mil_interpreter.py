@@ -24,8 +24,7 @@ import torch.nn.functional as F
 import tqdm
 from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import types
-
-from validate.mil_interpreter import (
+from efexport.validate.mil_interpreter import (
     FP16_MAX,
     KERNELS,
     SAMPLE_SIZE,
@@ -542,10 +541,10 @@ def _outputs(program, inputs: np.ndarray, trace: bool = False) -> tuple[np.ndarr
 
 @pytest.fixture(scope="module")
 def l1(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from exporter.passes import ALL_PASSES
-    from exporter.stages.fold import fold_model, fold_probe
-    from exporter.stages.load import load_model
-    from validate.reference import make_reference_inputs
+    from efexport.exporter.passes import ALL_PASSES
+    from efexport.exporter.stages.fold import fold_model, fold_probe
+    from efexport.exporter.stages.load import load_model
+    from efexport.validate.reference import make_reference_inputs
 
     inputs, kinds = make_reference_inputs(0, 1, 1)
     model = load_model(None, "l1", seed=0).model.eval()
@@ -613,8 +612,8 @@ def test_l1_folded_channels_first_program(l1: dict) -> None:
 @pytest.mark.skipif(not os.environ.get("EFEXPORT_TIME_L3"), reason="set EFEXPORT_TIME_L3=1 (converting L3 takes ~25 s)")
 def test_time_l3_fp16_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Reports how long an EfficientFormer-L3 FP16 program takes here; no bound asserted (machines differ)."""
-    from exporter.stages.load import load_model
-    from validate.reference import make_reference_inputs
+    from efexport.exporter.stages.load import load_model
+    from efexport.validate.reference import make_reference_inputs
 
     inputs, _ = make_reference_inputs(0, 1, 0)
     model = load_model(None, "l3", seed=0).model.eval()

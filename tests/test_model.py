@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from efexport.exporter.models import CONFIGS, VARIANTS, build_model
+from efexport.exporter.models.efficientformer import attention_bias_indices, final_token_grid
+from efexport.validate.reference import make_reference_inputs
 
-from exporter.models import CONFIGS, VARIANTS, build_model
-from exporter.models.efficientformer import attention_bias_indices, final_token_grid
 from tests.helpers import realistic_model, reference_layout, timm_state_dict, upstream_state_dict
 from tests.upstream_reference import UpstreamEfficientFormer
-from validate.reference import make_reference_inputs
 
 IMAGES = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(123))
 

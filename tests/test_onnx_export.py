@@ -10,16 +10,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from efexport.exporter.errors import ParityError
+from efexport.exporter.manifest import file_table
+from efexport.exporter.pipeline import ExportRequest, StageReporter, run_export
+from efexport.exporter.recipes import Recipe, apply_overrides
+from efexport.exporter.stages.load import load_model
+from efexport.exporter.targets.onnx import read_metadata
+from efexport.exporter.verify import verify_artifact
+from efexport.validate.reference import ReferenceSet
 
-from exporter.errors import ParityError
-from exporter.manifest import file_table
-from exporter.pipeline import ExportRequest, StageReporter, run_export
-from exporter.recipes import Recipe, apply_overrides
-from exporter.stages.load import load_model
-from exporter.targets.onnx import read_metadata
-from exporter.verify import verify_artifact
 from tests.packages import exported_package
-from validate.reference import ReferenceSet
 
 
 def export(recipe: Recipe, out: Path, variant: str = "l1", weights: Path | None = None, **overrides) -> dict:

@@ -6,10 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
-from matplotlib.text import Annotation
-from PIL import Image
-
-from validate.plots import (
+from efexport.validate.plots import (
     NOT_CONVERGED,
     _accuracy_figure,
     _latency_figure,
@@ -19,6 +16,8 @@ from validate.plots import (
     throughput_plot,
     write_plots,
 )
+from matplotlib.text import Annotation
+from PIL import Image
 
 # Round, obviously made-up numbers: nothing here is a measurement.
 PUBLISHED = {

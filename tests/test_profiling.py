@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-
-from exporter.profiling import (
+from efexport.exporter.profiling import (
     LINUX_METHOD,
     SAMPLED_METHOD,
     PeakMemory,
@@ -134,7 +133,7 @@ def test_to_dict_is_json() -> None:
 CHILD_SCRIPT = textwrap.dedent(
     """
     import json, subprocess, sys
-    from exporter.profiling import PipelineProfiler
+    from efexport.exporter.profiling import PipelineProfiler
 
     profiler = PipelineProfiler()
     with profiler.stage("child"):

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import boto3
 import pytest
-
-from exporter.bundle import Bundle, write_bundle
-from exporter.errors import ExitCode, PublishError, PublishRefused, UsageError
-from exporter.manifest import sha256_of
-from exporter.model_card import CARD_FILE
-from exporter.publish import (
+from efexport.exporter.bundle import Bundle, write_bundle
+from efexport.exporter.errors import ExitCode, PublishError, PublishRefused, UsageError
+from efexport.exporter.manifest import sha256_of
+from efexport.exporter.model_card import CARD_FILE
+from efexport.exporter.publish import (
     INDEX_KEY,
     INDEX_SCHEMA,
     LocalStore,
@@ -37,7 +36,8 @@ from exporter.publish import (
     publish,
     read_index,
 )
-from exporter.verify import verify_package
+from efexport.exporter.verify import verify_package
+
 from tests.helpers import run_cli
 from tests.packages import exported_again, exported_package
 
@@ -133,9 +133,9 @@ _verified: dict[tuple[str, str | None], object] = {}
 @pytest.fixture
 def verify_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real verification, run once per package file: the tests using this are about the store."""
-    import exporter.verify
+    from efexport.exporter import verify as exporter_verify
 
-    real = exporter.verify.verify_package
+    real = exporter_verify.verify_package
 
     def cached(path: Path, threads: int = 2, latency: bool = False) -> object:
         path = Path(path)
@@ -144,7 +144,7 @@ def verify_once(monkeypatch: pytest.MonkeyPatch) -> None:
             _verified[key] = real(path, threads, latency)
         return _verified[key]
 
-    monkeypatch.setattr(exporter.verify, "verify_package", cached)
+    monkeypatch.setattr(exporter_verify, "verify_package", cached)
 
 
 # ---------------------------------------------------------------------------------------------------- store wrappers

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from exporter.errors import RecipeError
-from exporter.recipes import apply_overrides, default_recipe_path, load_recipe
+from efexport.exporter.errors import RecipeError
+from efexport.exporter.recipes import apply_overrides, default_recipe_path, load_recipe
 
 
 def write(tmp_path: Path, text: str) -> Path:

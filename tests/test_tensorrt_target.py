@@ -9,12 +9,10 @@ from pathlib import Path
 
 import onnx
 import pytest
-from onnx import helper
-
-from exporter.errors import ExitCode, RecipeError
-from exporter.manifest import MANIFEST_FILE
-from exporter.recipes import apply_overrides, default_recipe_path, load_recipe
-from exporter.targets.tensorrt import (
+from efexport.exporter.errors import ExitCode, RecipeError
+from efexport.exporter.manifest import MANIFEST_FILE
+from efexport.exporter.recipes import apply_overrides, default_recipe_path, load_recipe
+from efexport.exporter.targets.tensorrt import (
     RECIPE_COPY,
     SCRIPT_FILE,
     SIDECAR_FILE,
@@ -23,7 +21,9 @@ from exporter.targets.tensorrt import (
     check_ops,
     engine_unavailable_reason,
 )
-from exporter.targets.tensorrt_options import BuildOptions, Profile, build_script, trtexec_command
+from efexport.exporter.targets.tensorrt_options import BuildOptions, Profile, build_script, trtexec_command
+from onnx import helper
+
 from tests.helpers import run_cli
 
 NO_ENGINE_HERE = engine_unavailable_reason()
@@ -175,8 +175,8 @@ def test_a_package_with_an_engine_verifies_on_a_machine_that_cannot_run_it(trt_a
     (and never executed: its bytes are a stand-in, which is all a machine without TensorRT can see)."""
     import shutil
 
-    from exporter.manifest import file_table, write_manifest
-    from exporter.verify import verify_package
+    from efexport.exporter.manifest import file_table, write_manifest
+    from efexport.exporter.verify import verify_package
 
     artifact, manifest, _ = trt_artifact
     copy = shutil.copytree(artifact, tmp_path / artifact.name)

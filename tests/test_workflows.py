@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / ".github" / "workflows"
@@ -131,8 +133,7 @@ def check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
 @cache
 def cli_commands() -> frozenset[str]:
     import typer
-
-    from exporter.cli import app
+    from efexport.exporter.cli import app
 
     return frozenset(typer.main.get_command(app).commands)
 
@@ -222,11 +223,36 @@ def test_no_untrusted_expression_in_shell_code(path: Path):
     assert not bad, f"{path.name}: pass these through env: instead:\n" + "\n".join(bad)
 
 
+def _setup_python_versions(path: Path) -> list[str]:
+    """Every Python a workflow sets up, with ``${{ matrix.python }}`` resolved through the job's matrix."""
+    versions = []
+    for job in jobs(path).values():
+        for step in job.get("steps") or []:
+            if str(step.get("uses", "")).startswith("actions/setup-python@"):
+                version = str((step.get("with") or {}).get("python-version"))
+                expression = re.fullmatch(r"\$\{\{\s*matrix\.([\w-]+)\s*\}\}", version)
+                versions += matrix_values(job, expression.group(1)) if expression else [version]
+    return versions
+
+
+def _requires_python() -> str:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+
+
 @pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
-def test_setup_python_is_the_project_python(path: Path):
-    versions = [str((step.get("with") or {}).get("python-version")) for job in jobs(path).values()
-                for step in job.get("steps") or [] if str(step.get("uses", "")).startswith("actions/setup-python@")]
-    assert all(v == "3.11" for v in versions), f"{path.name}: setup-python versions {versions}"
+def test_setup_python_is_a_python_the_project_supports(path: Path):
+    supported = SpecifierSet(_requires_python())
+    versions = _setup_python_versions(path)
+    assert versions and all(v in supported for v in versions), f"{path.name}: setup-python {versions}, " \
+                                                              f"requires-python {supported}"
+
+
+def test_ci_tests_every_supported_python_from_the_oldest():
+    """ci.yml's matrix starts at requires-python's minimum and covers 3.11, 3.12 and 3.13; the README agrees."""
+    versions = _setup_python_versions(WORKFLOWS / "ci.yml")
+    assert versions == ["3.11", "3.12", "3.13"]
+    assert _requires_python() == ">=3.11"
+    assert "Python 3.11+" in (REPO / "README.md").read_text()
 
 
 @pytest.mark.parametrize("subcommand", _used_subcommands())

@@ -1,10 +1,10 @@
 """An independent re-statement of upstream snap-research EfficientFormer V1, for parity tests only.
 
-Written from the facts in ../shared/reference/efficientformer.md, in upstream's structure and with
-upstream's state-dict keys (patch_embed.*, network.*, layer_scale_*, dist_head), including upstream's
-way of computing things: attention bias gathered through ``attention_bias_idxs`` inside the forward,
-per-head qkv split after a permute, layer scales broadcast with unsqueeze, heads averaged at the end.
-Our model (exporter.models.efficientformer) must match it to float32 rounding once the keys are mapped.
+Written from the published architecture (snap-research models/efficientformer.py, the paper), in upstream's
+structure and with upstream's state-dict keys (patch_embed.*, network.*, layer_scale_*, dist_head), including
+upstream's way of computing things: attention bias gathered through ``attention_bias_idxs`` inside the forward,
+per-head qkv split after a permute, layer scales broadcast with unsqueeze, heads averaged at the end. Our model
+(exporter.models.efficientformer) must match it to float32 rounding once the keys are mapped.
 """
 
 from __future__ import annotations

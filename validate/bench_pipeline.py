@@ -177,9 +177,8 @@ def _bare_coreml(calls: _Calls, model, inputs, directory: Path) -> None:
 
     import coremltools as ct
     import torch
+    from efexport.exporter.preprocessing import IMAGENET
     from torch import nn
-
-    from exporter.preprocessing import IMAGENET
 
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     labels = [line.strip() for line in (REPO / "exporter" / "data" / "imagenet1k_labels.txt").read_text().splitlines()
@@ -221,7 +220,7 @@ def bare_main(variant: str, targets: list[str], out: Path, json_out: Path) -> No
     calls = _Calls()
     out.mkdir(parents=True, exist_ok=True)
     calls("shared", STARTUP, "import torch and the model code",
-          lambda: (importlib.import_module("torch"), importlib.import_module("exporter.stages.load")))
+          lambda: (importlib.import_module("torch"), importlib.import_module("efexport.exporter.stages.load")))
     if {"onnx", "tensorrt"} & set(targets):
         calls("shared", STARTUP, "import onnx, onnxsim, onnxruntime",
               lambda: [importlib.import_module(name) for name in ("onnx", "onnxsim", "onnxruntime")])
@@ -238,9 +237,8 @@ def bare_main(variant: str, targets: list[str], out: Path, json_out: Path) -> No
         calls("shared", STARTUP, "import coremltools", import_coremltools)
 
     import torch
-
-    from exporter.stages.load import load_model
-    from validate.reference import make_reference_inputs
+    from efexport.exporter.stages.load import load_model
+    from efexport.validate.reference import make_reference_inputs
 
     torch.set_num_threads(THREADS)
     model = calls("shared", "load", "build the model (random init)", lambda: load_model(None, variant, 0).model)
@@ -512,7 +510,7 @@ def bench(variant: str, targets: list[str], keep: Path | None) -> tuple[dict, bo
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-")) if keep is None else keep
     work.mkdir(parents=True, exist_ok=True)
     try:
-        pipeline = run_child([sys.executable, "-m", "exporter", "all", "--variant", variant, "--targets",
+        pipeline = run_child([sys.executable, "-m", "efexport.exporter", "all", "--variant", variant, "--targets",
                               ",".join(targets), "--out", str(work / "pipeline"), "--profile", "--json", "--quiet"],
                              work, "pipeline")
         rusage_children = _rusage_children_bytes()  # the pipeline is this process's only child so far
@@ -525,7 +523,7 @@ def bench(variant: str, targets: list[str], keep: Path | None) -> tuple[dict, bo
             raise RuntimeError(f"efexport all failed before any target: {pipeline_json}")
         manifests = {row["target"]: _manifest(row) for row in pipeline_json["targets"]}
         bare_file = work / "bare.json"
-        bare = run_child([sys.executable, "-m", "validate.bench_pipeline", "--bare", "--variant", variant,
+        bare = run_child([sys.executable, "-m", "efexport.validate.bench_pipeline", "--bare", "--variant", variant,
                           "--targets", ",".join(targets), "--out", str(work / "bare"), "--json-out", str(bare_file)],
                          work, "bare")
         bare_json = json.loads(bare_file.read_text()) if bare.exit_code == 0 and bare_file.exists() else None
@@ -535,7 +533,7 @@ def bench(variant: str, targets: list[str], keep: Path | None) -> tuple[dict, bo
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    from validate.latency import host_fingerprint  # only now: the children have run
+    from efexport.validate.latency import host_fingerprint  # only now: the children have run
 
     report = {"schema": report["schema"], "host": host_fingerprint()} | report
     ok = (bare_json is not None and pipeline.exit_code in PIPELINE_OK_EXIT_CODES

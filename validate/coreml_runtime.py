@@ -34,7 +34,7 @@ class CoreMLRuntimeRunner:
     threads = None  # Core ML schedules its own threads
 
     def __init__(self, path: Path, compute_units: str) -> None:
-        from exporter.targets.coreml import import_coremltools
+        from efexport.exporter.targets.coreml import import_coremltools
 
         ct = import_coremltools()
 
@@ -47,7 +47,7 @@ class CoreMLRuntimeRunner:
         self.runtime_version = f"Core ML on macOS {platform.mac_ver()[0]} (coremltools {ct.__version__})"
 
     def _feed(self, normalised: np.ndarray):
-        from exporter.targets.coreml import normalised_to_pixels
+        from efexport.exporter.targets.coreml import normalised_to_pixels
 
         if not self.image_input:
             return normalised[None]
@@ -57,7 +57,7 @@ class CoreMLRuntimeRunner:
         return Image.fromarray(pixels.transpose(1, 2, 0), "RGB")
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        from exporter.targets.coreml import INPUT_NAME, LOGITS
+        from efexport.exporter.targets.coreml import INPUT_NAME, LOGITS
 
         logits = [np.asarray(self.model.predict({INPUT_NAME: self._feed(x)})[LOGITS], dtype=np.float32).reshape(1, -1)
                   for x in inputs]

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from functools import cache
 
 import torch
-
-from validate.latency import LatencyReport, LatencyStats, runtime_versions, time_calls
+from efexport.validate.latency import LatencyReport, LatencyStats, runtime_versions, time_calls
 
 
 def cuda_event_times(call: Callable[[], object], warmup_runs: int, timed_runs: int,

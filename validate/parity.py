@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
-from exporter.recipes import Tolerances
+from efexport.exporter.recipes import Tolerances
 
 
 @dataclass(frozen=True)

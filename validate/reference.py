@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from exporter.synthetic import normalised_images
+from efexport.exporter.synthetic import normalised_images
 
 NOISE, IMAGE = "noise", "image"
 

@@ -17,9 +17,8 @@ import itertools
 from dataclasses import dataclass
 
 import torch
+from efexport.exporter.geometry import final_token_grid
 from torch import nn
-
-from exporter.geometry import final_token_grid
 
 
 @dataclass(frozen=True)

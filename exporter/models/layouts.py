@@ -1,7 +1,7 @@
 """Checkpoint layouts: key renames from upstream (snap-research) and timm to the native layout.
 
 The native layout is timm's, less ``attention_bias_idxs`` (derived, not stored). Every key and shape of
-both layouts is listed in ``../shared/reference/state-dicts/``.
+both layouts is recorded in the test data (``tests/data/state-dicts/``).
 """
 
 from __future__ import annotations

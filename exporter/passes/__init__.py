@@ -27,17 +27,17 @@ PASS_NAMES: tuple[str, ...] = tuple(_CLASSES)
 _MODULE_OF = {cls: module for module, cls in _CLASSES.values()} | {"ModelPass": "base", "PassResult": "base"}
 
 if TYPE_CHECKING:
-    from exporter.passes.base import ModelPass, PassResult
-    from exporter.passes.blend_pool_mixer import BlendPoolMixer
-    from exporter.passes.carry_mixer_scale import CarryMixerScale
-    from exporter.passes.channels_first_mb3d import ChannelsFirstMB3D
-    from exporter.passes.constant_attention_bias import ConstantAttentionBias
-    from exporter.passes.erf_gelu import ErfGeluForm
-    from exporter.passes.fold_attention_scale import FoldAttentionScale
-    from exporter.passes.fold_layer_scale import FoldLayerScale
-    from exporter.passes.fuse_conv_bn import FuseConvBatchNorm
-    from exporter.passes.merge_heads import MergeHeads
-    from exporter.passes.token_rows_mb3d import TokenRowsMB3D
+    from efexport.exporter.passes.base import ModelPass, PassResult
+    from efexport.exporter.passes.blend_pool_mixer import BlendPoolMixer
+    from efexport.exporter.passes.carry_mixer_scale import CarryMixerScale
+    from efexport.exporter.passes.channels_first_mb3d import ChannelsFirstMB3D
+    from efexport.exporter.passes.constant_attention_bias import ConstantAttentionBias
+    from efexport.exporter.passes.erf_gelu import ErfGeluForm
+    from efexport.exporter.passes.fold_attention_scale import FoldAttentionScale
+    from efexport.exporter.passes.fold_layer_scale import FoldLayerScale
+    from efexport.exporter.passes.fuse_conv_bn import FuseConvBatchNorm
+    from efexport.exporter.passes.merge_heads import MergeHeads
+    from efexport.exporter.passes.token_rows_mb3d import TokenRowsMB3D
 
     ALL_PASSES: dict[str, type[ModelPass]]
 

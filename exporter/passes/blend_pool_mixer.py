@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
+from efexport.exporter.models.efficientformer import LayerScale, MetaBlock4d, Pooling
+from efexport.exporter.passes.base import ModelPass, PassResult
 from torch import nn
-
-from exporter.models.efficientformer import LayerScale, MetaBlock4d, Pooling
-from exporter.passes.base import ModelPass, PassResult
 
 
 class PoolBlend(nn.Module):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from exporter.models.efficientformer import (
+from efexport.exporter.models.efficientformer import (
     TOKENS_BNC,
     TOKENS_CHANNELS_FIRST,
     Attention,
@@ -15,8 +13,9 @@ from exporter.models.efficientformer import (
     LayerScale,
     MetaBlock3d,
 )
-from exporter.passes.base import ModelPass, PassResult
-from exporter.passes.fold_layer_scale import scale_output_channels
+from efexport.exporter.passes.base import ModelPass, PassResult
+from efexport.exporter.passes.fold_layer_scale import scale_output_channels
+from torch import nn
 
 
 class FlatChannelsFirst(nn.Module):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+from efexport.exporter.models.efficientformer import ConvMlp, LinearMlp
+from efexport.exporter.passes.base import ModelPass, PassResult
+from efexport.exporter.passes.fold_layer_scale import scale_output_channels
 from torch import nn
-
-from exporter.models.efficientformer import ConvMlp, LinearMlp
-from exporter.passes.base import ModelPass, PassResult
-from exporter.passes.fold_layer_scale import scale_output_channels
 
 
 class ErfGelu(nn.Module):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
+from efexport.exporter.models.efficientformer import Attention
+from efexport.exporter.passes.base import ModelPass, PassResult
 from torch import nn
-
-from exporter.models.efficientformer import Attention
-from exporter.passes.base import ModelPass, PassResult
 
 
 class FoldAttentionScale(ModelPass):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
+from efexport.exporter.models.efficientformer import LayerScale, MetaBlock3d, MetaBlock4d
+from efexport.exporter.passes.base import ModelPass, PassResult
 from torch import nn
-
-from exporter.models.efficientformer import LayerScale, MetaBlock3d, MetaBlock4d
-from exporter.passes.base import ModelPass, PassResult
 
 
 def scale_output_channels(layer: nn.Module, gamma: torch.Tensor) -> None:

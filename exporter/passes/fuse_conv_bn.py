@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
+from efexport.exporter.passes.base import ModelPass, PassResult
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-from exporter.passes.base import ModelPass, PassResult
 
 
 class FuseConvBatchNorm(ModelPass):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
+from efexport.exporter.models.efficientformer import EfficientFormer
+from efexport.exporter.passes.base import ModelPass, PassResult
 from torch import nn
-
-from exporter.models.efficientformer import EfficientFormer
-from exporter.passes.base import ModelPass, PassResult
 
 
 class MergeHeads(ModelPass):

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import torch
+from efexport.exporter.models.efficientformer import (
+    TOKEN_ROWS,
+    TOKENS_BNC,
+    Attention,
+    EfficientFormer,
+    Flat,
+    MetaBlock3d,
+)
+from efexport.exporter.passes.base import ModelPass, PassResult
 from torch import nn
-
-from exporter.models.efficientformer import TOKEN_ROWS, TOKENS_BNC, Attention, EfficientFormer, Flat, MetaBlock3d
-from exporter.passes.base import ModelPass, PassResult
 
 
 class FlatTokenRows(nn.Module):

@@ -16,10 +16,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from efexport.exporter.errors import ParityError
+from efexport.exporter.passes import ALL_PASSES
 from torch import nn
-
-from exporter.errors import ParityError
-from exporter.passes import ALL_PASSES
 
 
 @dataclass(frozen=True)

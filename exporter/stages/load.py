@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.errors import CheckpointError
-from exporter.models.checkpoint import load_into_model, read_checkpoint
-from exporter.models.efficientformer import VARIANTS, EfficientFormer, build_model
-from exporter.models.random_weights import randomize_realistically
+from efexport.exporter.errors import CheckpointError
+from efexport.exporter.models.checkpoint import load_into_model, read_checkpoint
+from efexport.exporter.models.efficientformer import VARIANTS, EfficientFormer, build_model
+from efexport.exporter.models.random_weights import randomize_realistically
 
 RANDOM_INIT = "random-init"
 

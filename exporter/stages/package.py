@@ -6,8 +6,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from exporter.errors import VerifyError
-from exporter.manifest import (
+from efexport.exporter.errors import VerifyError
+from efexport.exporter.manifest import (
     MANIFEST_SCHEMA,
     REFERENCE_FILE,
     file_table,
@@ -16,17 +16,17 @@ from exporter.manifest import (
     tool_versions,
     write_manifest,
 )
-from exporter.manifest_schema import check_manifest
-from exporter.model_card import CARD_FILE, model_card
-from exporter.models.efficientformer import EfficientFormerConfig
-from exporter.preprocessing import IMAGENET
-from exporter.recipes import Recipe
-from exporter.stages.capture import CapturedGraph
-from exporter.stages.fold import FoldedModel
-from exporter.stages.load import LoadedModel
-from exporter.targets.base import ExportedModel, Target
-from validate.latency import LatencyReport
-from validate.parity import ParityReport
+from efexport.exporter.manifest_schema import check_manifest
+from efexport.exporter.model_card import CARD_FILE, model_card
+from efexport.exporter.models.efficientformer import EfficientFormerConfig
+from efexport.exporter.preprocessing import IMAGENET
+from efexport.exporter.recipes import Recipe
+from efexport.exporter.stages.capture import CapturedGraph
+from efexport.exporter.stages.fold import FoldedModel
+from efexport.exporter.stages.load import LoadedModel
+from efexport.exporter.targets.base import ExportedModel, Target
+from efexport.validate.latency import LatencyReport
+from efexport.validate.parity import ParityReport
 
 PUBLISHED_SOURCE = "EfficientFormer paper (Li et al., NeurIPS 2022), Table 1, and the snap-research README"
 
@@ -90,7 +90,7 @@ def build_manifest(loaded: LoadedModel, folded: FoldedModel, captured: CapturedG
 def package(staging: Path, manifest: dict, target: Target, exported: ExportedModel, threads: int) -> dict:
     """Embed the metadata, write the model card, hash every file, write manifest.json (checked against its
     schema), then verify the directory as a user would."""
-    from exporter.verify import verify_artifact
+    from efexport.exporter.verify import verify_artifact
 
     target.embed_metadata(exported.path, metadata_entries(manifest))
     card = model_card(manifest | {"files": file_table(staging)})  # lists every file but itself

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from exporter.targets.base import ExportedModel, Runner, Target
-from exporter.targets.coreml import CoreMLTarget
-from exporter.targets.onnx import OnnxTarget
-from exporter.targets.tensorrt import TensorRTTarget
+from efexport.exporter.targets.base import ExportedModel, Runner, Target
+from efexport.exporter.targets.coreml import CoreMLTarget
+from efexport.exporter.targets.onnx import OnnxTarget
+from efexport.exporter.targets.tensorrt import TensorRTTarget
 
 TARGETS: dict[str, Target] = {"onnx": OnnxTarget(), "coreml": CoreMLTarget(), "tensorrt": TensorRTTarget()}
 

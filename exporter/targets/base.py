@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from exporter.recipes import Recipe
-    from exporter.stages.capture import CapturedGraph
+    from efexport.exporter.recipes import Recipe
+    from efexport.exporter.stages.capture import CapturedGraph
 
 
 @dataclass(frozen=True)

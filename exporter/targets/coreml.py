@@ -28,17 +28,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from efexport.exporter.errors import InputSpecError
+from efexport.exporter.manifest import model_file_entries
+from efexport.exporter.preprocessing import IMAGENET
+from efexport.exporter.recipes import Recipe
+from efexport.exporter.stages.capture import CapturedGraph
+from efexport.exporter.targets.base import ExportedModel
 from torch import nn
 
-from exporter.errors import InputSpecError
-from exporter.manifest import model_file_entries
-from exporter.preprocessing import IMAGENET
-from exporter.recipes import Recipe
-from exporter.stages.capture import CapturedGraph
-from exporter.targets.base import ExportedModel
-
 if TYPE_CHECKING:
-    from validate.mil_interpreter import ProgramRun
+    from efexport.validate.mil_interpreter import ProgramRun
 
 MODEL_FILE = "model.mlpackage"
 INPUT_NAME, LOGITS, PROBABILITIES, LABEL = "image", "logits", "probabilities", "classLabel"
@@ -70,7 +69,7 @@ def import_coremltools():
 def read_labels(source: str, num_classes: int) -> list[str]:
     """Class labels, one per output class: the bundled ImageNet-1k names or a text file, one label per line."""
     if source == "imagenet-1k":
-        text = resources.files("exporter.data").joinpath("imagenet1k_labels.txt").read_text()
+        text = resources.files("efexport.exporter.data").joinpath("imagenet1k_labels.txt").read_text()
     else:
         try:
             text = Path(source).read_text()
@@ -213,7 +212,7 @@ class MilInterpreterRunner:
     def __init__(self, path: Path, threads: int) -> None:
         ct = import_coremltools()
 
-        from validate.mil_interpreter import load_program
+        from efexport.validate.mil_interpreter import load_program
 
         with quiet_coremltools():
             self.program = load_program(path)
@@ -224,7 +223,7 @@ class MilInterpreterRunner:
         self.op_max_abs: dict[str, tuple[str, str, float]] = {}  # var -> (op type, dtype, max |x|)
 
     def run_one(self, normalised: np.ndarray, trace: bool = False, round_fp16: bool = True) -> ProgramRun:
-        from validate.mil_interpreter import run_program
+        from efexport.validate.mil_interpreter import run_program
 
         feed = normalised_to_pixels(normalised[None]) if self.image_input else normalised[None]
         return run_program(self.program, {INPUT_NAME: feed}, trace=trace, threads=self.threads,
@@ -243,7 +242,7 @@ class MilInterpreterRunner:
     def trace(self, normalised: np.ndarray, rel_tol: float = 1e-2) -> dict:
         """Per op, how far FP16 activation rounding has moved its output from the same program run with float32
         activations (same stored weights) on one input: where the error grows, and the first op past rel_tol."""
-        from validate.mil_interpreter import compare_runs, first_divergence
+        from efexport.validate.mil_interpreter import compare_runs, first_divergence
 
         rounded = self.run_one(normalised, trace=True)
         wide = self.run_one(normalised, trace=True, round_fp16=False)
@@ -260,12 +259,12 @@ class MilInterpreterRunner:
 
     def report(self) -> dict:
         """FP16 headroom: the ops whose activations came closest to float16's largest value."""
-        from validate.mil_interpreter import FP16_MAX
+        from efexport.validate.mil_interpreter import FP16_MAX
 
         fp16 = [(name, op, value) for name, (op, dtype, value) in self.op_max_abs.items() if dtype == "fp16"]
         closest = sorted(fp16, key=lambda item: -item[2])[:10]
         return {"reference_execution": {
-            "interpreter": "validate.mil_interpreter (NumPy/PyTorch kernels, fp16 outputs rounded per op)",
+            "interpreter": "efexport.validate.mil_interpreter (NumPy/PyTorch kernels, fp16 outputs rounded per op)",
             "ops_executed": len(self.op_max_abs),
             "fp16_limit": FP16_MAX,
             "fp16_largest_activations": [
@@ -325,7 +324,7 @@ class CoreMLTarget:
         return MilInterpreterRunner(path, threads)
 
     def extra_runtimes(self, path: Path, recipe: Recipe) -> list:
-        from validate.coreml_runtime import runtime_runners
+        from efexport.validate.coreml_runtime import runtime_runners
 
         return runtime_runners(path)
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-
-from exporter.manifest import model_file_entries
-from exporter.recipes import Recipe
-from exporter.stages.capture import CapturedGraph
-from exporter.targets.base import ExportedModel
-from exporter.targets.onnx_cleanup import constants_to_initializers
+from efexport.exporter.manifest import model_file_entries
+from efexport.exporter.recipes import Recipe
+from efexport.exporter.stages.capture import CapturedGraph
+from efexport.exporter.targets.base import ExportedModel
+from efexport.exporter.targets.onnx_cleanup import constants_to_initializers
 
 MODEL_FILE = "model.onnx"
 

@@ -10,20 +10,19 @@ parity under ONNX Runtime, the build options, ``build_engine.sh`` (stock trtexec
 from __future__ import annotations
 
 import json
+import tomllib
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
 import onnx
-import tomllib
-
-from exporter.errors import EfexportError, ExitCode
-from exporter.manifest import model_file_entries, sha256_of
-from exporter.recipes import Recipe
-from exporter.stages.capture import CapturedGraph
-from exporter.targets.base import ExportedModel
-from exporter.targets.onnx import MODEL_FILE, OnnxRunner, export_onnx, set_metadata
-from exporter.targets.tensorrt_options import (
+from efexport.exporter.errors import EfexportError, ExitCode
+from efexport.exporter.manifest import model_file_entries, sha256_of
+from efexport.exporter.recipes import Recipe
+from efexport.exporter.stages.capture import CapturedGraph
+from efexport.exporter.targets.base import ExportedModel
+from efexport.exporter.targets.onnx import MODEL_FILE, OnnxRunner, export_onnx, set_metadata
+from efexport.exporter.targets.tensorrt_options import (
     PLAN_FILE,
     BuildOptions,
     Profile,
@@ -52,7 +51,7 @@ class EngineRequiredError(EfexportError):
 @cache
 def supported_ops() -> dict:
     """The op-support table (data), read once."""
-    return tomllib.loads(resources.files("exporter.data").joinpath("tensorrt_onnx_ops.toml").read_text())
+    return tomllib.loads(resources.files("efexport.exporter.data").joinpath("tensorrt_onnx_ops.toml").read_text())
 
 
 def check_ops(model: onnx.ModelProto) -> dict:
@@ -86,7 +85,7 @@ def build_options(recipe: Recipe, model: onnx.ModelProto) -> BuildOptions:
 
 
 def engine_unavailable_reason() -> str | None:
-    from exporter.targets.tensorrt_api import tensorrt_unavailable_reason
+    from efexport.exporter.targets.tensorrt_api import tensorrt_unavailable_reason
 
     return tensorrt_unavailable_reason()
 
@@ -143,7 +142,7 @@ class TensorRTTarget:
         reason = engine_unavailable_reason()
         if reason:
             return {"built": False, "reason": reason}
-        from exporter.targets.tensorrt_api import build_engine
+        from efexport.exporter.targets.tensorrt_api import build_engine
 
         facts = build_engine(staging / MODEL_FILE, staging / PLAN_FILE, options, staging / options.timing_cache)
         return {"built": True, "plan_file": PLAN_FILE, "sha256": sha256_of(staging / PLAN_FILE),
@@ -156,7 +155,7 @@ class TensorRTTarget:
         plan = path.parent / PLAN_FILE
         if not plan.exists() or engine_unavailable_reason():  # e.g. verifying a package on a machine without a GPU
             return []
-        from exporter.targets.tensorrt_engine import TimedEngineRunner
+        from efexport.exporter.targets.tensorrt_engine import TimedEngineRunner
 
         return [TimedEngineRunner(plan, recipe)]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exporter.recipes import Recipe
-from exporter.targets.tensorrt_api import EngineRunner
-from validate.gpu_timing import gpu_fingerprint, gpu_latency_reports
-from validate.latency import LatencyReport
+from efexport.exporter.recipes import Recipe
+from efexport.exporter.targets.tensorrt_api import EngineRunner
+from efexport.validate.gpu_timing import gpu_fingerprint, gpu_latency_reports
+from efexport.validate.latency import LatencyReport
 
 
 class TimedEngineRunner(EngineRunner):
