@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+
 from efexport.exporter.errors import UsageError
 from efexport.exporter.manifest import MANIFEST_FILE, REFERENCE_FILE, read_manifest
 from efexport.exporter.recipes import Recipe, apply_overrides, default_recipe_path, load_recipe

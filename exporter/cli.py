@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from efexport.exporter import interrupts
-from efexport.exporter.errors import EfexportError, ExitCode
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from efexport.exporter import interrupts
+from efexport.exporter.errors import EfexportError, ExitCode
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 2 usage, 3 bad input (checkpoint, recipe, option values), 4 output exists or is not "

@@ -15,10 +15,11 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from efexport.exporter.errors import VerifyError
-from efexport.exporter.manifest import MANIFEST_SCHEMA
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
+
+from efexport.exporter.errors import VerifyError
+from efexport.exporter.manifest import MANIFEST_SCHEMA
 
 SCHEMA_FILE = resources.files("efexport.exporter.data").joinpath("manifest.schema.json")
 SCHEMA_ID = "https://efexport.invalid/schemas/efexport.manifest-3.schema.json"

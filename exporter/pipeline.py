@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+
 from efexport.exporter import interrupts
 from efexport.exporter.errors import EfexportError, ParityError, StageError, UsageError
 from efexport.exporter.manifest import REFERENCE_FILE
@@ -30,7 +32,6 @@ from efexport.exporter.targets import TARGETS, Runner, Target
 from efexport.validate.isolated import run_isolated
 from efexport.validate.parity import compare_outputs
 from efexport.validate.reference import ReferenceSet, build_reference_set
-from rich.console import Console
 
 
 @dataclass(frozen=True)

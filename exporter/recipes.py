@@ -11,11 +11,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from efexport.exporter.errors import RecipeError
 from efexport.exporter.geometry import final_token_grid
 from efexport.exporter.passes import PASS_NAMES
 from efexport.validate.latency import WindowRule
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # The shipped default recipes: the top-level recipes/ folder, installed as the package efexport.recipes (one
 # source of truth for the repository and the wheel). A wheel always installs onto a file system, so it is a path.

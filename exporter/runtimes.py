@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.targets import Runner
 from efexport.validate.latency import LatencyReport, host_fingerprint, measure

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from efexport.exporter.recipes import Recipe, apply_overrides, default_recipe_path, load_recipe
 
+from efexport.exporter.recipes import Recipe, apply_overrides, default_recipe_path, load_recipe
 from tests.packages import FAST_LATENCY, TARGETS, exported_package
 
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from efexport.exporter.manifest import MANIFEST_FILE
 from efexport.exporter.pipeline import ExportRequest, StageReporter, run_export
 from efexport.exporter.recipes import apply_overrides, default_recipe_path, load_recipe

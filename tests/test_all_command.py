@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from efexport.exporter.verify import verify_package
 
+from efexport.exporter.verify import verify_package
 from tests.helpers import run_cli
 
 

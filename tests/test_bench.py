@@ -13,9 +13,9 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from efexport.exporter.manifest_schema import manifest_schema
 from PIL import Image
 
+from efexport.exporter.manifest_schema import manifest_schema
 from tests.packages import exported_package
 
 SHARED_PACKAGES = pytest.mark.xdist_group("l1-packages")

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from efexport.validate.bench_pipeline import STAGES, STARTUP, _goal, main
 
+from efexport.validate.bench_pipeline import STAGES, STARTUP, _goal, main
 from tests.helpers import REPO
 
 # One worker runs every test that reads the report, and the report is made once per session: with a module scope,

@@ -11,11 +11,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from efexport.exporter.bundle import MAX_COMPRESSION_RATIO, opened_bundle, write_bundle
 from efexport.exporter.errors import VerifyError
 from efexport.exporter.manifest import MANIFEST_FILE, read_manifest
 from efexport.exporter.verify import verify_package
-
 from tests.helpers import run_cli
 from tests.packages import exported_again, exported_package
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
+
 from efexport.exporter.errors import CheckpointError, ExitCode
 from efexport.exporter.models.checkpoint import (
     Checkpoint,
@@ -32,8 +34,6 @@ from efexport.exporter.models.efficientformer import (
 )
 from efexport.exporter.models.layouts import detect_layout, looks_like_efficientformer_v2, upstream_key_to_native
 from efexport.exporter.stages.load import RANDOM_INIT, load_model
-from safetensors.torch import save_file
-
 from tests.helpers import STATE_DICTS, realistic_model, reference_layout, timm_state_dict, upstream_state_dict
 
 IDXS = "attention_bias_idxs"

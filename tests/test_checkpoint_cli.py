@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from efexport.exporter.errors import ExitCode
 from safetensors.torch import save_file
 
+from efexport.exporter.errors import ExitCode
 from tests.helpers import realistic_model, run_cli, timm_state_dict, upstream_state_dict
 
 ARTIFACT = Path("efficientformer-l1") / "onnx-fp32"

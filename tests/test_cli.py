@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 
 import pytest
+
 from efexport.exporter.errors import ExitCode
 from efexport.exporter.recipes import default_recipe_path
-
 from tests.helpers import run_cli
 
 

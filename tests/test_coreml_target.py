@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from efexport.exporter.errors import ExitCode, InputSpecError, RecipeError
 from efexport.exporter.manifest import MANIFEST_FILE, sha256_of
 from efexport.exporter.pipeline import TRACE_FILE, ExportRequest, StageReporter, run_export
 from efexport.exporter.recipes import apply_overrides, default_recipe_path, load_recipe
 from efexport.exporter.targets.coreml import import_coremltools, read_labels, read_metadata, stable_package_identifiers
 from efexport.validate.mil_interpreter import load_program
-
 from tests.helpers import run_cli
 
 WEIGHT_BLOB = Path("model.mlpackage/Data/com.apple.CoreML/weights/weight.bin")

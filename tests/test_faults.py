@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from efexport.exporter.errors import ExitCode
 from efexport.exporter.verify import verify_package
-
 from tests.helpers import REPO
 
 PACKAGE = Path("efficientformer-l1") / "onnx-fp32"

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from torch import nn
+
 from efexport.exporter.errors import ExitCode, ParityError
 from efexport.exporter.passes import ALL_PASSES, ModelPass, PassResult
 from efexport.exporter.recipes import default_recipe_path, load_recipe
 from efexport.exporter.stages.fold import fold_model, fold_probe, traced_op_counts, traced_run
 from efexport.validate.reference import make_reference_inputs
-from torch import nn
-
 from tests.helpers import realistic_model, run_cli
 
 PROBE = make_reference_inputs(0, 1, 1)[0]

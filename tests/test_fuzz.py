@@ -50,6 +50,10 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, currently_in_test_context, event, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
 from efexport.exporter.bundle import checksum_problems, is_bundle, write_bundle
 from efexport.exporter.errors import CheckpointError, EfexportError, ExitCode, RecipeError, VerifyError
 from efexport.exporter.manifest import MANIFEST_FILE, read_manifest
@@ -58,10 +62,6 @@ from efexport.exporter.models.checkpoint import read_checkpoint
 from efexport.exporter.recipes import RECIPES_DIR, Recipe, apply_overrides, load_recipe, parse_recipe
 from efexport.exporter.stages.load import load_model
 from efexport.exporter.verify import VerifyReport, verify_artifact, verify_package
-from hypothesis import HealthCheck, Phase, currently_in_test_context, event, given, settings
-from hypothesis import strategies as st
-from safetensors.torch import save_file
-
 from tests.helpers import realistic_model, timm_state_dict, upstream_state_dict
 from tests.packages import exported_package
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from efexport.exporter.errors import ExitCode, StageError
 from efexport.validate.isolated import ISOLATED, RuntimeCrashed, outputs_isolated
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import jsonschema
 import pytest
+
 from efexport.exporter.manifest_schema import manifest_schema
 from efexport.validate.latency import LATENCY_SCHEMA, LatencyReport, WindowRule, measure_interleaved, window_spread
 

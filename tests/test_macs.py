@@ -26,6 +26,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
 from efexport.exporter.models.efficientformer import CONFIGS, build_model
 from efexport.exporter.recipes import default_recipe_path, load_recipe
 from efexport.exporter.stages.capture import capture
@@ -35,9 +39,6 @@ from efexport.exporter.targets.onnx import export_onnx
 from efexport.validate.bench_fold import simplified_plain_export as plain_export
 from efexport.validate.macs import GraphCost, graph_cost
 from efexport.validate.reference import make_reference_inputs
-from onnx import TensorProto, helper, numpy_helper
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 OPSET = 17
 pytestmark = pytest.mark.xdist_group("macs-l1")  # one worker exports l1 (both ways) once

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
+
 from efexport.exporter.errors import VerifyError
 from efexport.exporter.manifest import MANIFEST_SCHEMA
 from efexport.exporter.manifest_schema import SCHEMA_FILE, SCHEMA_ID, check_manifest, manifest_schema, schema_problems
-from jsonschema import Draft202012Validator
 
 pytestmark = pytest.mark.xdist_group("l1-packages")  # one worker exports the shared packages once
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import tqdm
 from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import types
+
 from efexport.validate.mil_interpreter import (
     FP16_MAX,
     KERNELS,

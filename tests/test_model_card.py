@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from efexport.exporter.model_card import CARD_FILE, model_card
 
 pytestmark = pytest.mark.xdist_group("l1-packages")  # one worker exports the shared packages once

@@ -3,8 +3,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-from efexport.exporter.targets.onnx_cleanup import constants_to_initializers
 from onnx import helper, numpy_helper
+
+from efexport.exporter.targets.onnx_cleanup import constants_to_initializers
 
 
 def _model_with_constant_weight() -> onnx.ModelProto:

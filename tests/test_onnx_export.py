@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
 from efexport.exporter.errors import ParityError
 from efexport.exporter.manifest import file_table
 from efexport.exporter.pipeline import ExportRequest, StageReporter, run_export
@@ -18,7 +19,6 @@ from efexport.exporter.stages.load import load_model
 from efexport.exporter.targets.onnx import read_metadata
 from efexport.exporter.verify import verify_artifact
 from efexport.validate.reference import ReferenceSet
-
 from tests.packages import exported_package
 
 

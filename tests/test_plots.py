@@ -6,6 +6,9 @@ import copy
 from pathlib import Path
 
 import pytest
+from matplotlib.text import Annotation
+from PIL import Image
+
 from efexport.validate.plots import (
     NOT_CONVERGED,
     _accuracy_figure,
@@ -16,8 +19,6 @@ from efexport.validate.plots import (
     throughput_plot,
     write_plots,
 )
-from matplotlib.text import Annotation
-from PIL import Image
 
 # Round, obviously made-up numbers: nothing here is a measurement.
 PUBLISHED = {

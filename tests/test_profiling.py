@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+
 from efexport.exporter.profiling import (
     LINUX_METHOD,
     SAMPLED_METHOD,

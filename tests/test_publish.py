@@ -21,6 +21,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+
 from efexport.exporter.bundle import Bundle, write_bundle
 from efexport.exporter.errors import ExitCode, PublishError, PublishRefused, UsageError
 from efexport.exporter.manifest import sha256_of
@@ -37,7 +38,6 @@ from efexport.exporter.publish import (
     read_index,
 )
 from efexport.exporter.verify import verify_package
-
 from tests.helpers import run_cli
 from tests.packages import exported_again, exported_package
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from efexport.exporter.errors import RecipeError
 from efexport.exporter.recipes import apply_overrides, default_recipe_path, load_recipe
 

@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
+
 from efexport.exporter.targets.tensorrt_api import tensorrt_unavailable_reason
 from efexport.exporter.targets.tensorrt_options import BuildOptions, Profile, nodes_pinned_to_fp32
 from efexport.validate.gpu_timing import (
@@ -26,7 +28,6 @@ from efexport.validate.gpu_timing import (
     host_times_synchronized,
 )
 from efexport.validate.latency import LATENCY_SCHEMA, LatencyStats
-from onnx import TensorProto, helper
 
 TENSORRT_REASON = tensorrt_unavailable_reason()
 needs_tensorrt = pytest.mark.skipif(TENSORRT_REASON is not None, reason=f"TensorRT engines: {TENSORRT_REASON}")

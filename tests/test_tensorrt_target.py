@@ -9,6 +9,8 @@ from pathlib import Path
 
 import onnx
 import pytest
+from onnx import helper
+
 from efexport.exporter.errors import ExitCode, RecipeError
 from efexport.exporter.manifest import MANIFEST_FILE
 from efexport.exporter.recipes import apply_overrides, default_recipe_path, load_recipe
@@ -22,8 +24,6 @@ from efexport.exporter.targets.tensorrt import (
     engine_unavailable_reason,
 )
 from efexport.exporter.targets.tensorrt_options import BuildOptions, Profile, build_script, trtexec_command
-from onnx import helper
-
 from tests.helpers import run_cli
 
 NO_ENGINE_HERE = engine_unavailable_reason()

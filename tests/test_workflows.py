@@ -133,6 +133,7 @@ def check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
 @cache
 def cli_commands() -> frozenset[str]:
     import typer
+
     from efexport.exporter.cli import app
 
     return frozenset(typer.main.get_command(app).commands)

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import onnx
 import torch
+from rich.console import Console
+from rich.table import Table
+
 from efexport.exporter.bench import onnx_recipe, plain_export
 from efexport.exporter.stages.capture import capture
 from efexport.exporter.stages.fold import fold_model, fold_probe
@@ -27,8 +30,6 @@ from efexport.exporter.stages.load import load_model
 from efexport.exporter.targets.onnx import OnnxRunner, export_onnx, op_counts
 from efexport.validate.latency import WindowRule, host_fingerprint, measure_interleaved
 from efexport.validate.reference import make_reference_inputs
-from rich.console import Console
-from rich.table import Table
 
 
 def simplified_plain_export(model: torch.nn.Module, path: Path, opset: int) -> dict[str, int]:

@@ -177,8 +177,9 @@ def _bare_coreml(calls: _Calls, model, inputs, directory: Path) -> None:
 
     import coremltools as ct
     import torch
-    from efexport.exporter.preprocessing import IMAGENET
     from torch import nn
+
+    from efexport.exporter.preprocessing import IMAGENET
 
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     labels = [line.strip() for line in (REPO / "exporter" / "data" / "imagenet1k_labels.txt").read_text().splitlines()
@@ -237,6 +238,7 @@ def bare_main(variant: str, targets: list[str], out: Path, json_out: Path) -> No
         calls("shared", STARTUP, "import coremltools", import_coremltools)
 
     import torch
+
     from efexport.exporter.stages.load import load_model
     from efexport.validate.reference import make_reference_inputs
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import cache
 
 import torch
+
 from efexport.validate.latency import LatencyReport, LatencyStats, runtime_versions, time_calls
 
 

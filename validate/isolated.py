@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from efexport.exporter.errors import StageError
 
 ISOLATED = sys.platform == "linux"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from efexport.exporter.synthetic import normalised_images
 
 NOISE, IMAGE = "noise", "image"

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+
 from efexport.exporter.errors import CheckpointError
 from efexport.exporter.manifest import sha256_of
 from efexport.exporter.models.efficientformer import CONFIGS, EfficientFormer, build_model
 from efexport.exporter.models.layouts import KEY_MAPPERS, detect_layout, looks_like_efficientformer_v2
-from safetensors import SafetensorError
-from safetensors.torch import load_file as load_safetensors
 
 # Classes an upstream training checkpoint holds besides tensors. Unpickling them only builds plain
 # objects (no code of the checkpoint's choosing runs), so they may be allowlisted for weights_only.

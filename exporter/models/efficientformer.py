@@ -17,8 +17,9 @@ import itertools
 from dataclasses import dataclass
 
 import torch
-from efexport.exporter.geometry import final_token_grid
 from torch import nn
+
+from efexport.exporter.geometry import final_token_grid
 
 
 @dataclass(frozen=True)

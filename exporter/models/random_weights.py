@@ -9,9 +9,10 @@ forward pass (as training leaves them: close to, not equal to, the activations' 
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from efexport.exporter.models.efficientformer import Attention, EfficientFormer, LayerScale
 from efexport.exporter.synthetic import normalised_images
-from torch import nn
 
 
 def _fan_in_normal(weight: torch.Tensor, gen: torch.Generator, gain: float) -> None:

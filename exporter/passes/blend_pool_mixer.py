@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from efexport.exporter.models.efficientformer import LayerScale, MetaBlock4d, Pooling
 from efexport.exporter.passes.base import ModelPass, PassResult
-from torch import nn
 
 
 class PoolBlend(nn.Module):

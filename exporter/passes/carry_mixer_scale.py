@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
+
 from efexport.exporter.models.efficientformer import ConvMlp, Downsample, EfficientFormer, MetaBlock4d, Stage
 from efexport.exporter.passes.base import ModelPass, PassResult
 from efexport.exporter.passes.blend_pool_mixer import PoolBlend
 from efexport.exporter.passes.fold_layer_scale import scale_output_channels
-from torch import nn
 
 # The stored stream stays within this factor of its true value per channel, so an FP16 conversion of the
 # artifact (Core ML, TensorRT, a user's own) sees activations at most 16x larger (or smaller) than the model's.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from efexport.exporter.models.efficientformer import (
     TOKENS_BNC,
     TOKENS_CHANNELS_FIRST,
@@ -15,7 +17,6 @@ from efexport.exporter.models.efficientformer import (
 )
 from efexport.exporter.passes.base import ModelPass, PassResult
 from efexport.exporter.passes.fold_layer_scale import scale_output_channels
-from torch import nn
 
 
 class FlatChannelsFirst(nn.Module):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
+
 from efexport.exporter.models.efficientformer import ConvMlp, LinearMlp
 from efexport.exporter.passes.base import ModelPass, PassResult
 from efexport.exporter.passes.fold_layer_scale import scale_output_channels
-from torch import nn
 
 
 class ErfGelu(nn.Module):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from efexport.exporter.models.efficientformer import Attention
 from efexport.exporter.passes.base import ModelPass, PassResult
-from torch import nn
 
 
 class FoldAttentionScale(ModelPass):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from efexport.exporter.models.efficientformer import LayerScale, MetaBlock3d, MetaBlock4d
 from efexport.exporter.passes.base import ModelPass, PassResult
-from torch import nn
 
 
 def scale_output_channels(layer: nn.Module, gamma: torch.Tensor) -> None:

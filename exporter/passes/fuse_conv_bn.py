@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from efexport.exporter.passes.base import ModelPass, PassResult
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from efexport.exporter.passes.base import ModelPass, PassResult
 
 
 class FuseConvBatchNorm(ModelPass):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from efexport.exporter.models.efficientformer import (
     TOKEN_ROWS,
     TOKENS_BNC,
@@ -12,7 +14,6 @@ from efexport.exporter.models.efficientformer import (
     MetaBlock3d,
 )
 from efexport.exporter.passes.base import ModelPass, PassResult
-from torch import nn
 
 
 class FlatTokenRows(nn.Module):

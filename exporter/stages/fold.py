@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from torch import nn
+
 from efexport.exporter.errors import ParityError
 from efexport.exporter.passes import ALL_PASSES
-from torch import nn
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import nn
+
 from efexport.exporter.errors import InputSpecError
 from efexport.exporter.manifest import model_file_entries
 from efexport.exporter.preprocessing import IMAGENET
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.targets.base import ExportedModel
-from torch import nn
 
 if TYPE_CHECKING:
     from efexport.validate.mil_interpreter import ProgramRun

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+
 from efexport.exporter.manifest import model_file_entries
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph

@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 import onnx
+
 from efexport.exporter.errors import EfexportError, ExitCode
 from efexport.exporter.manifest import model_file_entries, sha256_of
 from efexport.exporter.recipes import Recipe

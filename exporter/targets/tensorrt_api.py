@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+
 from efexport.exporter.targets.tensorrt_options import BuildOptions
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ def build_engine(onnx_path: Path, plan_path: Path, options: BuildOptions, timing
     """
     import tensorrt as trt
     import torch
+
     from efexport.validate.gpu_timing import gpu_fingerprint
 
     logger = _logger()
@@ -297,6 +299,7 @@ class EngineRunner:
         untimed ones each: CUDA events around the enqueued inference alone, and wall time of a whole request
         (pinned host -> device copy, inference, device -> host copy, synchronized)."""
         import torch
+
         from efexport.validate.gpu_timing import cuda_event_times, host_times_synchronized
 
         buffers = self._bind(batch_size)

@@ -3,12 +3,12 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch import nn
+
 from efexport.exporter.models.efficientformer import MetaBlock4d
 from efexport.exporter.passes import BlendPoolMixer
 from efexport.exporter.passes.blend_pool_mixer import PoolBlend
 from efexport.exporter.stages.fold import traced_op_counts
-from torch import nn
-
 from tests.helpers import error_vs_exact, realistic_model
 
 IMAGES = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(10))

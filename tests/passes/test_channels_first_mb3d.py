@@ -5,11 +5,11 @@ from collections import Counter
 
 import pytest
 import torch
+
 from efexport.exporter.models.efficientformer import TOKENS_CHANNELS_FIRST
 from efexport.exporter.passes import ChannelsFirstMB3D
 from efexport.exporter.passes.channels_first_mb3d import MetaBlock3dChannelsFirst
 from efexport.exporter.recipes import default_recipe_path, load_recipe
-
 from tests.helpers import error_vs_exact, realistic_model, with_passes
 
 IMAGES = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(13))

@@ -4,11 +4,11 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+
 from efexport.exporter.passes import ErfGeluForm, FuseConvBatchNorm
 from efexport.exporter.passes.erf_gelu import ErfGelu
 from efexport.exporter.stages.fold import traced_op_counts
-from torch import nn
-
 from tests.helpers import error_vs_exact, realistic_model
 
 IMAGES = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(14))

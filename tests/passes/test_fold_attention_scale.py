@@ -3,9 +3,9 @@ from __future__ import annotations
 import copy
 
 import torch
+
 from efexport.exporter.models.efficientformer import Attention
 from efexport.exporter.passes import FoldAttentionScale
-
 from tests.helpers import error_vs_exact, realistic_model
 
 IMAGES = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(11))

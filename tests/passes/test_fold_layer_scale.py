@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
-from efexport.exporter.models.efficientformer import LayerScale
-from efexport.exporter.passes import FoldLayerScale, FuseConvBatchNorm
 from torch import nn
 
+from efexport.exporter.models.efficientformer import LayerScale
+from efexport.exporter.passes import FoldLayerScale, FuseConvBatchNorm
 from tests.helpers import error_vs_exact, realistic_model
 
 IMAGES = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(9))

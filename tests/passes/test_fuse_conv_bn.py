@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
-from efexport.exporter.passes import FuseConvBatchNorm
 from torch import nn
 
+from efexport.exporter.passes import FuseConvBatchNorm
 from tests.helpers import error_vs_exact, realistic_model
 
 IMAGES = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(7))

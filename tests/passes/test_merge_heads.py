@@ -3,8 +3,8 @@ from __future__ import annotations
 import copy
 
 import torch
-from efexport.exporter.passes import MergeHeads
 
+from efexport.exporter.passes import MergeHeads
 from tests.helpers import error_vs_exact, realistic_model
 
 IMAGES = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(12))
