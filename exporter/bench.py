@@ -39,9 +39,9 @@ from efexport.exporter.runtimes import accepted_inputs, timed_runtimes
 from efexport.exporter.stages.capture import capture
 from efexport.exporter.stages.fold import fold_model, fold_probe
 from efexport.exporter.stages.load import LoadedModel, load_model
-from efexport.exporter.stages.package import published_figures
 from efexport.exporter.targets import TARGETS
 from efexport.exporter.targets.onnx import OnnxRunner, export_onnx
+from efexport.exporter.verify import other_runtimes_present
 from efexport.validate.latency import LatencyReport, Measurement, WindowRule, host_fingerprint, measure_interleaved
 from efexport.validate.macs import graph_cost
 from efexport.validate.reference import ReferenceSet, make_reference_inputs
@@ -137,21 +137,18 @@ def onnx_recipe(opset: int) -> Recipe:
         p for p in recipe.fold.passes if opset < 20 or p != "erf-gelu"]})
 
 
-def package_dirs(root: Path, variant: str, targets: tuple[str, ...]) -> dict[str, list[Path]]:
-    """The built packages of ``variant`` under ``root``, per target (any precision)."""
+def package_dirs(root: Path, model_name: str, targets: tuple[str, ...]) -> dict[str, list[Path]]:
+    """The built packages of ``model_name`` (e.g. efficientformer-l1) under ``root``, per target (any precision)."""
     found: dict[str, list[Path]] = {}
     for target in targets:
-        found[target] = sorted(p.parent for p in (root / f"efficientformer-{variant}").glob(f"{target}-*/"
-                                                                                          f"{MANIFEST_FILE}"))
+        found[target] = sorted(p.parent for p in (root / model_name).glob(f"{target}-*/{MANIFEST_FILE}"))
     return found
 
 
 def package_backends(package: Path, threads: int) -> tuple[list[Backend], dict[str, str]]:
     """The deployment runtimes present here for one package, and why the others are not."""
-    from efexport.exporter.verify import other_runtimes_present
-
     manifest = read_manifest(package)
-    target = TARGETS[manifest["target"]["format"]]
+    target = TARGETS[manifest["target"]["format"]].load()
     recipe = Recipe.model_validate(manifest["recipe"]["values"])
     model_path = package / manifest["target"]["model_file"]
     runner = target.open_runner(model_path, threads)
@@ -191,9 +188,9 @@ class VariantBench:
             ("onnxruntime-folded", "onnxruntime-plain"), ("onnxruntime-folded", EAGER),
             ("onnxruntime-plain", EAGER), ("pytorch-eager-folded", EAGER), ("pytorch-compiled", EAGER),
             ("pytorch-compiled", "onnxruntime-folded")) if a in by_name and b in by_name}
-        cfg = self.loaded.model.cfg
-        return {"variant": self.loaded.variant, "weights": self.loaded.weights, "cost": self.cost,
-                "published": published_figures(cfg), "backends": self.backends, "p50_ratios": ratios,
+        loaded = self.loaded
+        return {"variant": loaded.variant, "weights": loaded.weights, "cost": self.cost,
+                "published": loaded.family.published(loaded.variant), "backends": self.backends, "p50_ratios": ratios,
                 "throughput": self.throughput, "own_timer": self.own_timer, "not_measured": self.not_measured}
 
 
@@ -251,7 +248,7 @@ def bench_variant(variant: str | None, settings: BenchSettings, progress: Callab
                 backends.append(compiled)
             except Exception as exc:  # e.g. no C++ compiler for inductor: the other backends still count
                 not_measured["pytorch-compiled"] = f"torch.compile failed: {type(exc).__name__}: {exc}"[:500]
-        for target, packages in package_dirs(settings.packages_root, loaded.variant, settings.targets).items():
+        for target, packages in package_dirs(settings.packages_root, loaded.package_name, settings.targets).items():
             if not packages:
                 not_measured[target] = (f"no {target} package of {loaded.variant} under {settings.packages_root} "
                                         f"(efexport {target} --variant {loaded.variant} builds one)")

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import lzma
-import os
 import shutil
 import stat
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from efexport.exporter.errors import OutputError, VerifyError
 from efexport.exporter.manifest import MANIFEST_FILE, read_manifest, sha256_of
+from efexport.exporter.output import write_atomically
 
 BUNDLE_SUFFIX = ".zip"
 CHECKSUM_SUFFIX = ".sha256"
@@ -61,25 +62,12 @@ def _member_info(arcname: str, source: Path) -> zipfile.ZipInfo:
     return info
 
 
-def _write_zip(package: Path, members: list[str], top: str, target: Path) -> None:
+def _write_zip(package: Path, members: list[str], top: str, target: BinaryIO) -> None:
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
         for name in members:
             source = package / name
             with source.open("rb") as src, archive.open(_member_info(f"{top}/{name}", source), "w") as dst:
                 shutil.copyfileobj(src, dst, _CHUNK)
-
-
-def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """``write(temporary_path)`` beside ``target``, then rename: a reader never sees a partial file."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_bundle(package: Path, out_dir: Path) -> Bundle:
@@ -98,10 +86,10 @@ def write_bundle(package: Path, out_dir: Path) -> Bundle:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / name
-        _write_atomically(target, lambda tmp: _write_zip(package, members, top, tmp))
+        write_atomically(target, lambda f: _write_zip(package, members, top, f))
         digest = sha256_of(target)
         checksum = out_dir / (name + CHECKSUM_SUFFIX)
-        _write_atomically(checksum, lambda tmp: tmp.write_text(f"{digest}  {name}\n"))
+        write_atomically(checksum, f"{digest}  {name}\n")
     except OSError as exc:
         raise OutputError(f"cannot write the bundle to {out_dir}: {exc.strerror or exc}") from None
     return Bundle(target, digest, target.stat().st_size, checksum)

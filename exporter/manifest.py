@@ -17,11 +17,9 @@ _TRACKED_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "onnxsl
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+    """Hex sha256 of a file, streamed (model weights can be larger than memory allows twice over)."""
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @cache

@@ -1,31 +1,137 @@
-"""The JSON Schema of ``manifest.json`` (efexport.manifest/3) and readable checks against it.
+"""The JSON Schema of ``manifest.json`` (efexport.manifest/3), generated from the typed models, and readable
+checks against it.
 
-The schema itself is data, shipped as ``exporter/data/manifest.schema.json`` (draft 2020-12), so that anyone
-consuming a package can validate its manifest without efexport. ``schema_problems`` lists every violation as
-one line naming where it is (``files/model.onnx/sha256: ...``); ``check_manifest`` raises ``VerifyError`` with
-the first few of them.
+The models in ``exporter/manifest_model.py`` define the manifest; the schema is generated from them and shipped
+as data, ``exporter/data/manifest.schema.json`` (draft 2020-12), so that anyone consuming a package can
+validate its manifest without efexport. After changing the models, regenerate it with
+``python -m efexport.exporter.manifest_schema --write`` (``--check`` says whether the checked-in file is
+current; a test does the same). ``schema_problems`` lists every violation as one line naming where it is
+(``files/model.onnx/sha256: ...``); ``check_manifest`` raises ``VerifyError`` with the first few of them.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
+from pydantic_core import core_schema
 
 from efexport.exporter.errors import VerifyError
 from efexport.exporter.manifest import MANIFEST_SCHEMA
+from efexport.exporter.manifest_model import Manifest, non_finite_paths
 
 SCHEMA_FILE = resources.files("efexport.exporter.data").joinpath("manifest.schema.json")
 SCHEMA_ID = "https://efexport.invalid/schemas/efexport.manifest-3.schema.json"
+SCHEMA_TITLE = f"efexport package manifest, version 3 ({MANIFEST_SCHEMA})"
 ROOT = "(root)"  # how a problem with the manifest as a whole names its place
 _SHOWN_PROBLEMS = 5
 _MAX_MESSAGE = 300
+
+
+_SOURCE_FILE = Path(__file__).resolve().parent / "data" / "manifest.schema.json"  # what --write replaces
+_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+_DEF_WORDS = {"CoreML": "Coreml", "TensorRT": "Tensorrt"}  # one word each in a $defs name
+
+
+def _def_name(class_name: str) -> str:
+    """The $defs name of a model: its class name in snake_case (LatencyEntry -> latency_entry), as the schema
+    has always named them (other tools refer to #/$defs/latency_entry)."""
+    for word, plain in _DEF_WORDS.items():
+        class_name = class_name.replace(word, plain)
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
+
+
+def _tidied(node: Any, names: dict[str, str]) -> Any:
+    """``node`` with $refs renamed by ``names``, descriptions (docstrings) on one line and first."""
+    if isinstance(node, list):
+        return [_tidied(item, names) for item in node]
+    if not isinstance(node, dict):
+        return node
+    result = {key: None for key in ("$comment", "description") if key in node}  # what a reader wants first
+    for key, value in node.items():
+        if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
+            value = "#/$defs/" + names[value.removeprefix("#/$defs/")]
+        elif key == "description" and isinstance(value, str):
+            value = " ".join(value.split())
+        else:
+            value = _tidied(value, names)
+        result[key] = value
+    return result
+
+
+class ManifestJsonSchema(GenerateJsonSchema):
+    """pydantic's JSON Schema generation, tuned so that the schema reads like a hand-written one and gives the
+    one-line problems ``schema_problems`` reports:
+
+    - no generated titles (the field names say it all) and no defaults (a manifest states every value it has);
+    - ``T | None`` as ``"type": [T, "null"]`` where T is a plain type, so a violated constraint is reported as
+      itself rather than as "not valid under any of the given schemas";
+    - a dict with constrained keys as ``propertyNames`` plus ``additionalProperties`` (pydantic's
+      ``patternProperties`` would let any other key through);
+    - a tagged union as the tag's enum plus one if/then per tag (rather than oneOf and OpenAPI's
+      ``discriminator``), so the problems reported are those of the one branch the value meant;
+    - $defs named in snake_case, without titles, descriptions on one line.
+    """
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        return self.generate_inner(schema["schema"])
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        inner = self.generate_inner(schema["schema"])
+        if isinstance(inner.get("type"), str) and not {"$ref", "const", "enum"} & inner.keys():
+            return {**inner, "type": [inner["type"], "null"]}  # constraints of one type ignore the other
+        return super().nullable_schema(schema)
+
+    def dict_schema(self, schema: core_schema.DictSchema) -> JsonSchemaValue:
+        result = super().dict_schema(schema)
+        patterns = result.pop("patternProperties", None)
+        if patterns:
+            ((pattern, values),) = patterns.items()
+            result["propertyNames"] = {"pattern": pattern, **result.get("propertyNames", {})}
+            result["additionalProperties"] = values
+        return result
+
+    def tagged_union_schema(self, schema: core_schema.TaggedUnionSchema) -> JsonSchemaValue:
+        tag = schema["discriminator"]
+        if not isinstance(tag, str):
+            return super().tagged_union_schema(schema)
+        values = [value for value in schema["choices"] if isinstance(value, str)]
+        return {"type": "object", "required": [tag], "properties": {tag: {"enum": values}},
+                "allOf": [{"if": {"properties": {tag: {"const": value}}, "required": [tag]},
+                           "then": self.generate_inner(schema["choices"][value])} for value in values]}
+
+    def generate(self, schema: core_schema.CoreSchema, mode: JsonSchemaMode = "validation") -> JsonSchemaValue:
+        generated = super().generate(schema, mode)
+        defs = generated.pop("$defs", {})
+        names = {name: _def_name(name) for name in defs}
+        body = _tidied({key: value for key, value in generated.items() if key != "title"}, names)  # title: ours
+        body["$defs"] = {names[name]: _tidied({key: value for key, value in definition.items() if key != "title"},
+                                              names) for name, definition in sorted(defs.items())}
+        return body
+
+
+def generate_schema() -> dict[str, Any]:
+    """The manifest's JSON Schema, generated from ``exporter.manifest_model.Manifest``."""
+    body = Manifest.model_json_schema(schema_generator=ManifestJsonSchema)
+    return {"$schema": _DRAFT, "$id": SCHEMA_ID, "title": SCHEMA_TITLE, **body}
+
+
+def schema_text() -> str:
+    """What ``exporter/data/manifest.schema.json`` holds: the generated schema, two-space indented."""
+    return json.dumps(generate_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 @cache
@@ -98,6 +204,9 @@ def schema_problems(manifest: object) -> list[str]:
     try:
         for error in _validator().iter_errors(manifest):
             lines.update(_lines(error))
+        # JSON has no NaN or infinity, but Python's json writes them, and no schema keyword refuses them (every
+        # comparison with NaN is false): a manifest built in memory is checked for them here
+        lines.update((_where(path), "NaN and infinities are not JSON numbers") for path in non_finite_paths(manifest))
     except RecursionError:
         lines.add((ROOT, "nested too deeply to check"))
     return [f"{where}: {message}" for where, message in sorted(lines)]
@@ -119,4 +228,32 @@ def check_manifest(manifest: object, where: str) -> None:
         raise VerifyError(f"{where}: manifest does not follow {MANIFEST_SCHEMA}: " + format_problems(problems))
 
 
-__all__ = ["SCHEMA_FILE", "SCHEMA_ID", "check_manifest", "format_problems", "manifest_schema", "schema_problems"]
+__all__ = ["SCHEMA_FILE", "SCHEMA_ID", "ManifestJsonSchema", "check_manifest", "format_problems", "generate_schema",
+           "manifest_schema", "schema_problems", "schema_text"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``--write`` regenerates exporter/data/manifest.schema.json from the models; ``--check`` exits 1 when the
+    checked-in file differs from what they generate."""
+    parser = argparse.ArgumentParser(prog="python -m efexport.exporter.manifest_schema",
+                                     description="The manifest's JSON Schema, generated from its typed models.")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--write", action="store_true", help=f"write {_SOURCE_FILE}")
+    action.add_argument("--check", action="store_true", help="exit 1 unless the checked-in schema is current")
+    args = parser.parse_args(argv)
+    text = schema_text()
+    if args.write:
+        _SOURCE_FILE.write_text(text, encoding="utf-8")
+        print(f"wrote {_SOURCE_FILE}")
+        return 0
+    current = _SOURCE_FILE.read_text(encoding="utf-8") if _SOURCE_FILE.is_file() else None
+    if current != text:
+        print(f"{_SOURCE_FILE} is not what exporter/manifest_model.py generates: run "
+              "python -m efexport.exporter.manifest_schema --write", file=sys.stderr)
+        return 1
+    print(f"{_SOURCE_FILE} is current")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

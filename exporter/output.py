@@ -13,8 +13,9 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from efexport.exporter.errors import OutputError
 
@@ -138,17 +139,48 @@ def staged_output(final: Path, force: bool) -> Iterator[Path]:
                     break
 
 
-def write_atomically(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file beside it and a rename: readers see the old file or
-    the whole new one, never part of it."""
+def fsync_directory(directory: Path) -> None:
+    """Flush ``directory``'s entries to disk, so that a rename into it survives a power cut, not only a crash."""
+    with contextlib.suppress(OSError):  # not every file system lets a directory be opened for fsync
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+FileContent = str | bytes | Callable[[BinaryIO], object]
+
+
+def write_atomically(path: Path, content: FileContent, mode: int = 0o644) -> Path:
+    """Write ``content`` to ``path`` so that readers see the old file or the whole new one, never part of it: a
+    temporary file beside ``path`` (same file system, so the rename is atomic), flushed and fsynced, given
+    ``mode``, renamed over ``path``, then the directory fsynced. On any error or interrupt the temporary file is
+    removed and ``path`` is untouched.
+
+    ``content`` is text (written as UTF-8), bytes, or a callable that writes into the open binary file (a zip
+    writer, a streamed copy). ``mode`` replaces mkstemp's private 0600, which would hide a report or a registry
+    object from the other users of a shared machine; 0644 is what the usual umask gives a new file.
+
+    OSError (a full disk included) propagates unchanged: each caller turns it into its own error (an
+    OutputError, exit 4, for an artifact or report; a PublishError for a registry), see ``write_failure``.
+    There is no maintained library for this: ``atomicwrites`` is archived, and the standard library has none.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(handle, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        Path(temporary).unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
     return path

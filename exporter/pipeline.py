@@ -28,7 +28,8 @@ from efexport.exporter.stages.capture import capture
 from efexport.exporter.stages.fold import fold_model, fold_probe
 from efexport.exporter.stages.load import LoadedModel, load_model
 from efexport.exporter.stages.package import build_manifest, package
-from efexport.exporter.targets import TARGETS, Runner, Target
+from efexport.exporter.targets import TARGETS
+from efexport.exporter.targets.base import Runner, Target
 from efexport.validate.isolated import run_isolated
 from efexport.validate.parity import compare_outputs
 from efexport.validate.reference import ReferenceSet, build_reference_set
@@ -119,8 +120,9 @@ class SharedInputs:
         return self._references[key]
 
 
-def artifact_dir(out_dir: Path, variant: str, target: str, precision: str) -> Path:
-    return out_dir / f"efficientformer-{variant}" / f"{target}-{precision}"
+def artifact_dir(out_dir: Path, model_name: str, target: str, precision: str) -> Path:
+    """OUT/<family>-<variant>/<target>-<precision>, e.g. artifacts/efficientformer-l3/coreml-fp16."""
+    return out_dir / model_name / f"{target}-{precision}"
 
 
 def _gated_parity(runner: Runner, reference: ReferenceSet, recipe: Recipe) -> dict:
@@ -142,7 +144,7 @@ def _parity_run(target: Target, path: Path, recipe: Recipe, inputs: np.ndarray) 
 def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedInputs | None = None) -> ExportResult:
     """One export; ``shared`` lets several exports of the same model (``efexport all``) load it once."""
     recipe = request.recipe
-    target = TARGETS[recipe.target]
+    target = TARGETS[recipe.target].load()
     shared = shared or SharedInputs()
     check_output_root(request.out_dir)
     with reporter.stage("load", "reading weights"):
@@ -150,10 +152,11 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
     if reused:
         reporter.note("[dim]load: the model loaded for the previous target, shared[/]")
     if loaded.is_random:
-        reporter.note(f"[yellow]warning:[/] no --weights: EfficientFormer-{loaded.variant} is randomly initialised "
-                      f"(seed {request.seed}); the artifact is marked random-init and is not for deployment")
+        name = f"{loaded.family.display_name}-{loaded.variant}"
+        reporter.note(f"[yellow]warning:[/] no --weights: {name} is randomly initialised (seed {request.seed}); the "
+                      "artifact is marked random-init and is not for deployment")
     target.preflight(recipe, loaded.model.cfg.num_classes)  # target-specific inputs fail before any work
-    final = artifact_dir(request.out_dir, loaded.variant, recipe.target, recipe.precision)
+    final = artifact_dir(request.out_dir, loaded.package_name, recipe.target, recipe.precision)
     check_destination(final, request.force)
     image_size = recipe.export.image_size
 

@@ -15,8 +15,10 @@ How the peak is measured (``method``):
 * ``"linux-vmhwm-reset"`` (preferred, Linux >= 4.0): at the start of a block, write ``5`` to
   ``/proc/self/clear_refs``, which proc(5) documents as resetting the peak resident set size (``VmHWM``) to the
   current RSS; at the end, read ``VmHWM`` from ``/proc/self/status``. The kernel keeps this mark itself, so no
-  spike is missed however short. Whether the reset works is checked at every entry (the file is writable and,
-  right after the write, ``VmHWM`` dropped or equals ``VmRSS`` within 1 MiB); if it does not, the block falls back.
+  spike is missed however short. This is the one place the module reads ``/proc`` itself: psutil reports the
+  current RSS (``memory_info().rss``, the same number as ``VmRSS``) but neither ``VmHWM`` nor a way to reset
+  it. Whether the reset works is checked at every entry (the file is writable and, right after the write,
+  ``VmHWM`` dropped or equals the RSS within 1 MiB); if it does not, the block falls back.
 * ``"sampled-10ms"`` (fallback: macOS, kernels or sandboxes without the reset, or ``method="sampled"``): a daemon
   thread samples ``psutil.Process().memory_info().rss`` every 10 ms, plus one sample at entry and one at exit;
   the peak is the largest sample.
@@ -87,15 +89,25 @@ def format_bytes(n: int) -> str:
     return f"{sign}{n} B"
 
 
-def _read_status() -> tuple[int, int]:
-    """(VmHWM, VmRSS) of this process in bytes, from /proc/self/status."""
-    values: dict[str, int] = {}
+def _read_hwm() -> int:
+    """VmHWM (peak RSS since start or the last reset) of this process in bytes, from /proc/self/status.
+
+    Read by hand because psutil has no peak RSS on Linux (its ``memory_info``/``memory_full_info`` carry the
+    current RSS, USS, PSS and swap; a peak only on Windows), and the reset below needs this exact kernel mark."""
     with _STATUS.open() as status:
         for line in status:
-            if line.startswith(("VmHWM:", "VmRSS:")):
-                key, value = line.split(":", 1)
-                values[key] = int(value.split()[0]) * 1024  # always reported in kB
-    return values["VmHWM"], values["VmRSS"]
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # always reported in kB
+    raise KeyError("VmHWM")
+
+
+def _read_status() -> tuple[int, int]:
+    """(VmHWM, current RSS) of this process in bytes; the RSS from psutil (``VmRSS``'s figure).
+
+    Two reads, RSS first: the mark only grows between them (no reset runs while ``_lock`` or a block holds it),
+    so the peak returned is never below the RSS returned, as when both came from one read of the status file."""
+    rss = current_rss_bytes()
+    return _read_hwm(), rss
 
 
 def _reset_hwm() -> bool:
@@ -109,7 +121,7 @@ def _reset_hwm() -> bool:
         with _CLEAR_REFS.open("w") as clear_refs:
             clear_refs.write("5")
         hwm_after, rss_after = _read_status()
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, psutil.Error):
         return False
     _reset_marks_peak = max(_reset_marks_peak, hwm_before)
     return hwm_after < hwm_before or hwm_after <= rss_after + _RESET_SLACK_BYTES
@@ -135,7 +147,7 @@ def current_rss_bytes() -> int:
 def lifetime_peak_rss_bytes() -> int:
     """Peak RSS of this process since it started, including marks wiped out by VmHWM resets."""
     try:
-        hwm, _ = _read_status()
+        hwm = _read_hwm()
     except (OSError, KeyError, ValueError):
         hwm = 0
     self_peak = 0
@@ -216,7 +228,7 @@ class PeakMemory:
                 if _reset_hwm():
                     _reset_active = True
                     self.method = LINUX_METHOD
-                    self.rss_before_bytes = _read_status()[1]
+                    self.rss_before_bytes = current_rss_bytes()
                     return self
             if self.requested != "auto":
                 raise RuntimeError("resetting VmHWM through /proc/self/clear_refs does not work here")
@@ -236,7 +248,7 @@ class PeakMemory:
             return
         try:
             self.peak_rss_bytes, self.rss_after_bytes = _read_status()
-        except (OSError, KeyError, ValueError):  # /proc vanished mid-block: report what can still be read
+        except (OSError, KeyError, ValueError, psutil.Error):  # /proc vanished mid-block: report what is left
             self.rss_after_bytes = current_rss_bytes()
             self.peak_rss_bytes = max(self.rss_before_bytes, self.rss_after_bytes)
         finally:

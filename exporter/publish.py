@@ -27,8 +27,8 @@ Guarantees:
 - Folders are content-addressed, so objects are written once and never overwritten in place: a ``force``
   replacement uploads a new folder, switches the index, and only then deletes the old folder.
 - Every uploaded object is read back and its sha256 compared with the local one before the index names it.
-- The index is written last, with a compare-and-swap (S3 ``If-Match`` / ``If-None-Match``; an ``flock``-ed
-  read-compare-replace locally): at every moment each index entry points at complete objects with the recorded
+- The index is written last, with a compare-and-swap (S3 ``If-Match`` / ``If-None-Match``; a read-compare-replace
+  under a ``filelock`` lock locally): at every moment each index entry points at complete objects with the recorded
   sha256, and concurrent publishers cannot lose each other's entries.
 - An interrupted publish leaves the index as it was; running it again completes it, re-using the objects
   that were already uploaded intact.
@@ -49,12 +49,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
+
+from filelock import FileLock
 
 from efexport.exporter.bundle import CHECKSUM_SUFFIX, bundle_name, check_members, is_bundle, write_bundle
 from efexport.exporter.errors import OutputError, PublishError, PublishRefused, UsageError, VerifyError
 from efexport.exporter.manifest import MANIFEST_FILE, read_manifest, sha256_of
-from efexport.exporter.output import check_output_root
+from efexport.exporter.output import FileContent, check_output_root, write_atomically
 
 INDEX_KEY = "index.json"
 INDEX_SCHEMA = "efexport.registry-index/1"
@@ -103,16 +105,11 @@ class Store(Protocol):
     def list_keys(self, prefix: str = "") -> list[str]: ...
 
 
-def _stream_sha256(blocks: Iterator[bytes]) -> str:
-    digest = hashlib.sha256()
-    for block in blocks:
-        digest.update(block)
-    return digest.hexdigest()
-
-
 class LocalStore:
-    """A registry in a local (or mounted) directory. Writes are atomic: temporary file beside the target, fsync,
-    rename. The index is swapped under an ``flock`` on ``<root>/.index.lock``."""
+    """A registry in a local (or mounted) directory. Writes are atomic (``output.write_atomically``: temporary
+    file beside the target, fsync, rename). The index is swapped holding a ``filelock.FileLock`` on
+    ``<root>/.index.lock`` (``flock`` on POSIX, ``LockFileEx`` on Windows; a soft lock where the file system has
+    neither)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -140,35 +137,21 @@ class LocalStore:
         with self._errors("read", key):
             if not path.is_file():
                 return None
-            with path.open("rb") as f:
-                return _stream_sha256(iter(lambda: f.read(_CHUNK), b""))
+            return sha256_of(path)
 
-    def _write(self, key: str, write: Callable[[Any], object]) -> None:
-        target = self._path(key)
+    def _write(self, key: str, content: FileContent) -> None:
         with self._errors("write", key):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-            try:
-                with os.fdopen(handle, "wb") as f:
-                    write(f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(temporary, 0o644)
-                os.replace(temporary, target)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
-            _fsync_directory(target.parent)
+            write_atomically(self._path(key), content)
 
     def put_file(self, key: str, path: Path, sha256: str | None = None) -> None:
-        def copy(f: Any) -> None:
+        def copy(f: BinaryIO) -> None:
             with Path(path).open("rb") as src:
                 shutil.copyfileobj(src, f, _CHUNK)
 
         self._write(key, copy)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self._write(key, lambda f: f.write(data))
+        self._write(key, data)
 
     def read_index(self) -> tuple[bytes | None, str | None]:
         data = self.read(INDEX_KEY)
@@ -176,17 +159,16 @@ class LocalStore:
 
     @contextlib.contextmanager
     def _index_lock(self) -> Iterator[None]:
-        import fcntl
-
+        # The lock file stays in place after release (filelock's Unix lock never unlinks it), so every publisher
+        # locks the same inode; waiting is unbounded, as the index swap under it takes milliseconds.
+        lock = FileLock(self._path(LOCK_FILE))
         with self._errors("lock", LOCK_FILE):
             self.root.mkdir(parents=True, exist_ok=True)
-            lock = self._path(LOCK_FILE).open("a")
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def swap_index(self, data: bytes, token: str | None) -> bool:
         with self._index_lock():
@@ -209,15 +191,6 @@ class LocalStore:
             return [prefix]
         found = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
         return sorted(k for k in found if not any(part.startswith(".") for part in k.split("/")))
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be opened for fsync
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _error_code(exc: Exception) -> str:
@@ -310,7 +283,12 @@ class S3Store:
         if response is None:
             return None
         with self._errors("reading back", key):
-            return _stream_sha256(response["Body"].iter_chunks(_CHUNK))
+            # Not hashlib.file_digest: it needs readinto(), which botocore's StreamingBody gained only in 2025,
+            # after the oldest boto3 this package accepts.
+            digest = hashlib.sha256()
+            for block in response["Body"].iter_chunks(_CHUNK):
+                digest.update(block)
+            return digest.hexdigest()
 
     def _put(self, key: str, body: Any, digest: str, **conditions: str) -> dict:
         return self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=body, ChecksumAlgorithm="SHA256",

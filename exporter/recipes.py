@@ -1,5 +1,8 @@
 """Recipes: per-platform defaults as TOML files in ``recipes/``, validated against a typed schema.
 
+The schema is assembled here from the shared sections (``recipe_sections``) and the section each registered
+target declares (``TargetSpec.recipe_section``), with the target's own rules (``TargetSpec.check_recipe``).
+
 Every key is checked: an unknown key, a wrong type or an out-of-range value is a RecipeError naming the
 key. Command-line flags override recipe values through ``apply_overrides`` and are validated the same way.
 """
@@ -11,168 +14,59 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError, create_model, model_validator
 
 from efexport.exporter.errors import RecipeError
-from efexport.exporter.geometry import final_token_grid
-from efexport.exporter.passes import PASS_NAMES
-from efexport.validate.latency import WindowRule
+from efexport.exporter.recipe_sections import (
+    PRECISIONS,
+    ExportSection,
+    FoldSection,
+    LatencySection,
+    ParitySection,
+    Section,
+    Tolerances,
+)
+from efexport.exporter.targets import TARGETS
 
 # The shipped default recipes: the top-level recipes/ folder, installed as the package efexport.recipes (one
 # source of truth for the repository and the wheel). A wheel always installs onto a file system, so it is a path.
 RECIPES_DIR = Path(str(resources.files("efexport.recipes")))
-SUPPORTED_OPSETS = (14, 20)  # LayerNormalization is native from 17; below it is decomposed
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+def _target_sections() -> dict[str, Any]:
+    """One optional field per target that declares a recipe section: ``coreml: CoreMLSection | None``."""
+    return {name: (spec.recipe_section | None, None) for name, spec in TARGETS.items() if spec.recipe_section}
 
 
-class ExportSection(_Section):
-    opset: int = Field(17, ge=SUPPORTED_OPSETS[0], le=SUPPORTED_OPSETS[1], description="ONNX opset")
-    simplifier: Literal["onnxsim", "onnxslim", "none"] = Field("onnxsim", description="graph simplifier")
-    dynamic_batch: bool = Field(False, description="dynamic batch axis instead of a static batch of 1")
-    image_size: int = Field(224, description="input height and width; must give a 7x7 last-stage grid")
-
-    @field_validator("image_size")
-    @classmethod
-    def _seven_by_seven(cls, value: int) -> int:
-        if value < 1 or final_token_grid(value) != 7:
-            raise ValueError(
-                f"image size {value} is not supported: the attention bias is built for a 7x7 token grid, "
-                "which a 224x224 input gives (sizes 193-224 also reach 7x7; others would need new biases)"
-            )
-        return value
-
-
-class FoldSection(_Section):
-    passes: list[Literal[PASS_NAMES]] = Field(list(PASS_NAMES), description="fold passes, in order")  # type: ignore[valid-type]
-    max_abs: float = Field(1e-5, gt=0, description="largest error of the folded model's logits (float32) against "
-                                                   "the unfolded model evaluated in float64; the gate is the larger "
-                                                   "of this and twice the unfolded model's own float32 error")
-
-
-class Tolerances(_Section):
-    max_abs: float | None = Field(None, gt=0, description="largest allowed |exported - pytorch| over all logits; "
-                                                          "unset: reported, not gated (FP16)")
-    min_cosine: float = Field(gt=0, le=1, description="smallest allowed cosine similarity per input")
-    top1_agreement: bool = Field(True, description="the top-1 class must agree on every input")
-
-
-class ParitySection(_Section):
-    seed: int = Field(0, ge=0, description="seed of the reference inputs")
-    noise_inputs: int = Field(4, ge=0, le=64, description="standard-normal inputs")
-    image_inputs: int = Field(4, ge=0, le=64, description="smooth image-like inputs, ImageNet-normalised")
-    tolerances: dict[Literal["fp32", "fp16", "bf16"], Tolerances] = Field(description="gates per precision")
-
-    @field_validator("image_inputs")
-    @classmethod
-    def _some_inputs(cls, value: int, info: Any) -> int:
-        if value + info.data.get("noise_inputs", 1) < 1:
-            raise ValueError("parity needs at least one input (noise_inputs + image_inputs >= 1)")
-        return value
-
-
-class LatencySection(_Section):
-    warmup_runs: int = Field(10, ge=1, le=10_000, description="untimed calls first")
-    window_runs: int = Field(20, ge=3, le=10_000, description="timed calls per measurement window")
-    stable_windows: int = Field(3, ge=2, le=20, description="the last this many window medians must agree")
-    stable_within: float = Field(0.05, gt=0, lt=1, description="relative spread ((max - min) / median) within "
-                                                               "which the window medians agree")
-    max_windows: int = Field(12, ge=2, le=1000, description="stop here, reported as not converged")
-    threads: int = Field(2, ge=1, le=256, description="intra-op threads of the runtime")
-    batch_size: int = Field(1, ge=1, le=1024, description="batch of the timed runs (dynamic-batch exports)")
-
-    @model_validator(mode="after")
-    def _cap_allows_settling(self) -> LatencySection:
-        if self.max_windows < self.stable_windows:
-            raise ValueError(f"max_windows ({self.max_windows}) must be at least stable_windows "
-                             f"({self.stable_windows})")
-        return self
-
-    def rule(self) -> WindowRule:
-        return WindowRule(self.warmup_runs, self.window_runs, self.stable_windows, self.stable_within,
-                          self.max_windows)
-
-
-class CoreMLSection(_Section):
-    minimum_deployment_target: Literal["iOS15", "iOS16", "iOS17", "iOS18"] = Field(
-        "iOS16", description="oldest iOS the package runs on")
-    compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_NE", "CPU_AND_GPU"] = Field(
-        "ALL", description="compute units recorded in the package metadata and used for on-device runs")
-    input: Literal["image", "tensor"] = Field(
-        "image", description="image: a 224x224 RGB ImageType (normalisation in the graph); tensor: normalised "
-                             "float (1, 3, H, W), as the ONNX artifact takes")
-    labels: str = Field("imagenet-1k", description="class labels: imagenet-1k or a text file, one label per line")
-    author: str = Field("efexport", description="MLModel author")
-    license: str = Field("Apache-2.0 (EfficientFormer weights: see their source)", description="MLModel license")
-    version: str = Field("1", description="MLModel version string")
-
-
-class TensorRTSection(_Section):
-    gpu: str = Field("A100", description="the GPU class the recipe is tuned for (recorded; engines are built on the "
-                                         "serving GPU)")
-    profile: list[int] = Field([1, 8, 64], description="optimization profile batch sizes [min, opt, max] "
-                                                       "(dynamic-batch exports)")
-    fp32_ops: list[str] = Field(["LayerNormalization", "Softmax"], description="ONNX op types whose layers stay "
-                                                                               "FP32 in reduced-precision builds")
-    workspace_mib: int = Field(4096, ge=64, le=1 << 20, description="builder workspace limit, MiB")
-    optimization_level: int = Field(3, ge=0, le=5, description="builder optimisation level")
-    timing_cache: str = Field("timing.cache", description="timing cache file inside the artifact")
-    hardware_compatibility: Literal["none", "ampere_plus"] = Field(
-        "none", description="ampere_plus: an engine that runs on any Ampere or newer GPU (slower)")
-    version_compatible: bool = Field(False, description="an engine later TensorRT versions can run (lean runtime)")
-    require_engine: bool = Field(False, description="fail (exit 9, nothing written) where no engine can be built, "
-                                                    "instead of writing the portable half (exit 8)")
-
-    @field_validator("profile")
-    @classmethod
-    def _ordered(cls, value: list[int]) -> list[int]:
-        if len(value) != 3 or not 1 <= value[0] <= value[1] <= value[2]:
-            raise ValueError(f"profile must be [min, opt, max] batch sizes with 1 <= min <= opt <= max, got {value}")
-        return value
-
-    @field_validator("timing_cache")
-    @classmethod
-    def _plain_name(cls, value: str) -> str:
-        if not value or "/" in value or value.startswith("."):
-            raise ValueError(f"timing_cache must be a plain file name inside the artifact, got {value!r}")
-        return value
-
-
-class Recipe(_Section):
-    target: Literal["onnx", "coreml", "tensorrt"]
-    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+class RecipeBase(Section):
+    target: Literal[tuple(TARGETS)]  # type: ignore[valid-type]
+    precision: Literal[PRECISIONS] = "fp32"  # type: ignore[valid-type]
     export: ExportSection = ExportSection()
     fold: FoldSection = FoldSection()
     parity: ParitySection
     latency: LatencySection = LatencySection()
-    coreml: CoreMLSection | None = None
-    tensorrt: TensorRTSection | None = None
 
     @model_validator(mode="after")
-    def _fits_the_target(self) -> Recipe:
-        for section in ("coreml", "tensorrt"):
-            if (getattr(self, section) is None) == (self.target == section):
-                raise ValueError(f"{section}: a {section} recipe needs a [{section}] table, and only it may have one")
+    def _fits_the_target(self) -> RecipeBase:
+        spec = TARGETS[self.target]
+        for name, other in TARGETS.items():
+            if other.recipe_section and (getattr(self, name) is None) == (self.target == name):
+                raise ValueError(f"{name}: a {name} recipe needs a [{name}] table, and only it may have one")
         if self.precision == "int8":
             raise ValueError("precision: int8 needs calibration data or a quantized (QDQ) graph, which efexport "
                              "does not make yet; use fp16, bf16 or fp32")
-        allowed = {"onnx": ("fp32",), "coreml": ("fp32", "fp16"), "tensorrt": ("fp32", "fp16", "bf16")}[self.target]
-        if self.precision not in allowed:
-            raise ValueError(f"precision: the {self.target} target exports {', '.join(allowed)}, not {self.precision}")
-        if self.target == "coreml" and self.export.dynamic_batch:
-            raise ValueError("export.dynamic_batch: Core ML packages here have a fixed batch of 1")
+        if self.precision not in spec.precisions:
+            raise ValueError(f"precision: the {self.target} target exports {', '.join(spec.precisions)}, not "
+                             f"{self.precision}")
+        if spec.check_recipe:
+            spec.check_recipe(self)
         if "carry-mixer-scale" in self.fold.passes and self.precision == "fp16":
             raise ValueError("fold.passes: carry-mixer-scale scales activations up to 16x; keep it out of FP16 "
                              "exports")
-        if self.target == "tensorrt" and not self.export.dynamic_batch and self.tensorrt.profile != [1, 1, 1]:
-            raise ValueError("tensorrt.profile: a static-batch export has batch 1 only; set profile = [1, 1, 1] or "
-                             "export.dynamic_batch = true")
         return self
 
     @model_validator(mode="after")
-    def _passes_fit_the_target(self) -> Recipe:
+    def _passes_fit_the_target(self) -> RecipeBase:
         if "channels-first-mb3d" in self.fold.passes and self.target != "coreml":
             raise ValueError("fold.passes: channels-first-mb3d is the Core ML form; ONNX runtimes want token rows "
                              "(token-rows-mb3d)")
@@ -191,6 +85,10 @@ class Recipe(_Section):
             return self.parity.tolerances[precision]
         except KeyError:
             raise RecipeError(f"recipe has no parity.tolerances.{precision} for precision {precision}") from None
+
+
+# The recipe: the shared sections plus each registered target's own (``recipe.coreml``, ``recipe.tensorrt``).
+Recipe = create_model("Recipe", __base__=RecipeBase, __module__=__name__, **_target_sections())
 
 
 def _describe(exc: ValidationError, origin: str) -> str:
@@ -225,11 +123,9 @@ def load_recipe(path: Path) -> tuple[Recipe, dict]:
     return parse_recipe(data, f"recipe {path}"), data
 
 
-DEFAULT_RECIPES = {"onnx": "onnx.toml", "coreml": "coreml.toml", "tensorrt": "tensorrt-a100.toml"}
-
-
 def default_recipe_path(target: str) -> Path:
-    return RECIPES_DIR / DEFAULT_RECIPES[target]
+    """The shipped recipe a target's export uses without --recipe."""
+    return RECIPES_DIR / TARGETS[target].default_recipe
 
 
 def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from efexport.exporter.recipes import Recipe
-from efexport.exporter.targets import Runner
+from efexport.exporter.targets.base import Runner
 from efexport.validate.latency import LatencyReport, host_fingerprint, measure
 from efexport.validate.parity import ParityReport, compare_outputs
 from efexport.validate.reference import ReferenceSet

@@ -81,7 +81,7 @@ def _check_runtimes(directory: Path, manifest: dict, threads: int, latency: bool
     fmt = manifest["target"]["format"]
     if fmt not in TARGETS:
         raise VerifyError(f"{directory}: no runtime on this machine for target format {fmt!r}")
-    target = TARGETS[fmt]
+    target = TARGETS[fmt].load()
     model_path = directory / manifest["target"]["model_file"]
     reference = ReferenceSet.load(directory / REFERENCE_FILE)
     recipe = Recipe.model_validate(manifest["recipe"]["values"])

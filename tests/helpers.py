@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from efexport.exporter.models import build_model
-from efexport.exporter.models.efficientformer import EfficientFormer, attention_bias_indices
+from efexport.exporter.models.efficientformer import EfficientFormer, attention_bias_indices, build_model
 from efexport.exporter.models.layouts import upstream_key_to_native
 from efexport.exporter.models.random_weights import randomize_realistically
 

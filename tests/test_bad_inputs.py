@@ -45,7 +45,7 @@ from safetensors.torch import save_file
 
 from efexport.exporter.bundle import write_bundle
 from efexport.exporter.errors import ExitCode
-from efexport.exporter.models import build_model
+from efexport.exporter.models.efficientformer import build_model
 from efexport.exporter.publish import LocalStore, publish
 from efexport.exporter.recipes import default_recipe_path
 from tests.helpers import REPO, STATE_DICTS, realistic_model, run_cli, timm_state_dict, upstream_state_dict

@@ -1,4 +1,4 @@
-"""``python -m validate.bench_pipeline``: one real, small run (l1, ONNX) and the invariants of its report.
+"""``python -m benchmarks.bench_pipeline``: one real, small run (l1, ONNX) and the invariants of its report.
 
 Times and whether a goal is met depend on the machine: only the report's structure and its internal consistency
 are checked, never an absolute figure.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from efexport.validate.bench_pipeline import STAGES, STARTUP, _goal, main
+from benchmarks.bench_pipeline import STAGES, STARTUP, _goal, main
 from tests.helpers import REPO
 
 # One worker runs every test that reads the report, and the report is made once per session: with a module scope,
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.xdist_group("bench-pipeline")
 @pytest.fixture(scope="session")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench-pipeline") / "report.json"
-    result = subprocess.run([sys.executable, "-m", "efexport.validate.bench_pipeline", "--variant", "l1",
+    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_pipeline", "--variant", "l1",
                               "--targets", "onnx", "--json", str(out)],
                             capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

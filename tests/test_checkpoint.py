@@ -32,6 +32,7 @@ from efexport.exporter.models.efficientformer import (
     attention_bias_indices,
     build_model,
 )
+from efexport.exporter.models.efficientformer_family import FAMILY as V1
 from efexport.exporter.models.layouts import detect_layout, looks_like_efficientformer_v2, upstream_key_to_native
 from efexport.exporter.stages.load import RANDOM_INIT, load_model
 from tests.helpers import STATE_DICTS, realistic_model, reference_layout, timm_state_dict, upstream_state_dict
@@ -162,8 +163,8 @@ def test_round_trip_identifies_variant_and_reproduces_outputs_exactly(
         native = model.state_dict()
         assert {k for k in ckpt.state_dict if not k.endswith(IDXS)} == set(native)
         assert not any(k.startswith(("module.", "network.", "patch_embed.", "dist_head.")) for k in ckpt.state_dict)
-        assert identify_variant(ckpt.state_dict) == variant
-        assert layout_mismatches(ckpt.state_dict, variant) == []
+        assert identify_variant(ckpt.state_dict, ckpt.family) == variant
+        assert layout_mismatches(ckpt.state_dict, ckpt.family, variant) == []
 
         loaded, found = load_into_model(ckpt, None)
         assert found == variant
@@ -236,7 +237,7 @@ def test_upstream_keys_map_onto_timm_keys_with_the_same_shapes(variant: str) -> 
     assert detect_layout(list(timm)) == "timm"
     assert not looks_like_efficientformer_v2(list(upstream))
     # the native model is timm's layout less the derived attention_bias_idxs
-    native = {k: list(shape) for k, shape in expected_shapes(variant).items()}
+    native = {k: list(shape) for k, shape in expected_shapes(V1, variant).items()}
     assert native == {k: shape for k, shape in timm.items() if not k.endswith(IDXS)}
 
 
@@ -557,7 +558,7 @@ def test_checkpoint_without_attention_bias_idxs_loads(reference: Reference, tmp_
 
 def test_load_into_model_takes_a_checkpoint_built_in_memory(reference: Reference, tmp_path: Path) -> None:
     model, x, y = reference("l1")
-    ckpt = Checkpoint(tmp_path / "in-memory.pth", "0" * 64, "pth", "timm", dict(model.state_dict()))
+    ckpt = Checkpoint(tmp_path / "in-memory.pth", "0" * 64, "pth", "timm", dict(model.state_dict()), V1)
     loaded, variant = load_into_model(ckpt, None)
     assert variant == "l1"
     with torch.no_grad():

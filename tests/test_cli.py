@@ -95,4 +95,5 @@ def test_help_texts() -> None:
 def test_variants_lists_published_sizes() -> None:
     result = run_cli("variants", "--json")
     rows = {r["variant"]: r for r in json.loads(result.stdout)}
-    assert rows["l3"]["published_params_m"] == 31.41 and rows["l7"]["mb3d_blocks"] == 8
+    assert rows["l3"]["published_params_m"] == 31.41 and rows["l7"]["num_mb3d"] == 8
+    assert rows["l1"]["package"] == "efficientformer-l1" and rows["l1"]["also"] == "efficientformer_l1"

@@ -30,13 +30,13 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.bench_fold import simplified_plain_export as plain_export
 from efexport.exporter.models.efficientformer import CONFIGS, build_model
 from efexport.exporter.recipes import default_recipe_path, load_recipe
 from efexport.exporter.stages.capture import capture
 from efexport.exporter.stages.fold import count_stored_values, fold_model, fold_probe
 from efexport.exporter.stages.load import load_model
 from efexport.exporter.targets.onnx import export_onnx
-from efexport.validate.bench_fold import simplified_plain_export as plain_export
 from efexport.validate.macs import GraphCost, graph_cost
 from efexport.validate.reference import make_reference_inputs
 
@@ -100,7 +100,7 @@ class L1:
 
 @pytest.fixture(scope="module")
 def l1(tmp_path_factory: pytest.TempPathFactory) -> L1:
-    """l1 exported both ways once per module: folded as ``efexport onnx`` does, and plain (validate.bench_fold)."""
+    """l1 exported both ways once per module: folded as ``efexport onnx`` does, and plain (benchmarks.bench_fold)."""
     out = tmp_path_factory.mktemp("macs-l1")
     model = load_model(None, "l1", 0).model
     flop_macs, flop_by_op = flop_counter_macs(model)

@@ -40,3 +40,19 @@ def test_make_all_builds_bundles_incrementally(tmp_path: Path) -> None:
     assert "efexport onnx --variant l1" in planned and f"--recipe {recipe}" in planned
     assert planned.index("efexport onnx") < planned.index("efexport bundle")
     assert manifest.stat().st_mtime_ns == before  # a dry run changed nothing
+
+
+def test_targets_mk_is_generated_from_the_registries() -> None:
+    """The Makefile's target and variant lists come from the registries: targets.mk is what the CLI generates."""
+    from efexport.exporter.cli.info import makefile_include
+    from efexport.exporter.models import FAMILIES
+    from efexport.exporter.targets import TARGETS
+
+    text = (REPO / "targets.mk").read_text()
+    assert text == makefile_include(), "targets.mk is stale: run `efexport targets --makefile > targets.mk`"
+    assert f"TARGET_NAMES := {' '.join(TARGETS)}\n" in text
+    for entry in FAMILIES:
+        for variant in entry.variants:
+            assert f"MODEL_{variant} := {entry.name}-{variant}\n" in text
+    planned = make("-n", "tensorrt", "VARIANT=l1").stdout  # a documented non-failure exit is tolerated
+    assert "efexport tensorrt --variant l1" in planned and "|| test $? -eq 8" in planned

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from efexport.exporter.models import CONFIGS, VARIANTS, build_model
-from efexport.exporter.models.efficientformer import attention_bias_indices, final_token_grid
+from efexport.exporter.models.efficientformer import (
+    CONFIGS,
+    VARIANTS,
+    attention_bias_indices,
+    build_model,
+    final_token_grid,
+)
 from efexport.validate.reference import make_reference_inputs
 from tests.helpers import realistic_model, reference_layout, timm_state_dict, upstream_state_dict
 from tests.upstream_reference import UpstreamEfficientFormer

@@ -3,13 +3,17 @@ must not claim, and that it is a pure function of the manifest."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import re
 from pathlib import Path
 
+import jinja2
 import pytest
 
-from efexport.exporter.model_card import CARD_FILE, model_card
+from efexport.exporter import model_card as model_card_module
+from efexport.exporter.model_card import BASE_TEMPLATE, CARD_FILE, model_card, template_name
+from efexport.exporter.targets import TARGETS
 
 pytestmark = pytest.mark.xdist_group("l1-packages")  # one worker exports the shared packages once
 
@@ -251,3 +255,67 @@ def test_the_card_is_deterministic_and_leaves_the_manifest_alone(real: tuple[str
     assert model_card(copy.deepcopy(manifest)) == first
     assert manifest == before
     assert first.endswith("\n") and not first.endswith("\n\n")
+
+
+# ---- the card's templates: one per target, the base for any other format ------------------------------------
+
+CARDS = Path(model_card_module.__file__).parent / "targets" / "cards"
+
+
+def test_every_target_has_its_own_card_template() -> None:
+    base = model_card_module._environment().get_template(BASE_TEMPLATE)
+    for name in TARGETS:
+        assert (CARDS / f"{name}.md.j2").is_file(), name
+        assert template_name(name) == f"{name}.md.j2"
+        template = model_card_module._environment().get_template(template_name(name))
+        assert "usage" in template.blocks, f"{name}.md.j2 does not say how to run its package"
+        assert set(template.blocks) <= set(base.blocks), f"{name}.md.j2 fills blocks the base card does not have"
+        source = (CARDS / f"{name}.md.j2").read_text()
+        assert source.startswith('{% extends "card.md.j2" %}'), name
+
+
+def test_the_card_of_each_target_comes_from_its_template(real: tuple[str, Path, dict]) -> None:
+    target, _, manifest = real
+    usage = model_card(manifest).split("### Usage\n\n")[1].split("\n## ")[0]
+    generic = model_card(manifest | {"target": manifest["target"] | {"format": "coreai"}})
+    assert "efexport writes no usage snippet" not in usage
+    assert usage not in generic  # the target's own usage, not the base's
+    assert model_card(manifest).splitlines()[0] == TITLES[target]
+
+
+def test_an_unknown_format_gets_the_base_card(onnx: dict) -> None:
+    assert template_name("coreai") == BASE_TEMPLATE
+    onnx["target"]["format"] = "coreai"
+    card = model_card(onnx)
+    assert card.splitlines()[0] == "# EfficientFormer-L1 — coreai (fp32)"
+    assert "exported to coreai. Model file `model.onnx`" in card
+    usage = card.split("### Usage\n\n")[1].split("\n## ")[0]
+    assert usage.startswith("efexport writes no usage snippet for the `coreai` format")
+    assert "def preprocess(path: str) -> np.ndarray:" in usage  # the recorded preprocessing still applies
+    assert "onnxruntime" not in usage and "coremltools" not in usage and "trtexec" not in usage
+    assert "Runtime: the `coreai` target's own runner on `model.onnx`." in card
+    assert "ONNX Runtime" not in _section(card, "What was verified")
+    for block in re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL):
+        compile(block, "<card>", "exec")
+    for heading in ("Weights", "How to feed it", "What was verified", "Measured latency", "Limitations", "Files",
+                    "Tool versions"):
+        assert f"\n## {heading}" in card
+
+
+def test_the_card_module_knows_no_target_format() -> None:
+    """Adding a target adds a template: model_card.py names no format and never compares one."""
+    tree = ast.parse(Path(model_card_module.__file__).read_text())
+    named = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and node.value in TARGETS]
+    assert named == []
+    compared = [ast.unparse(node) for node in ast.walk(tree) if isinstance(node, (ast.Compare, ast.Match))]
+    assert compared  # the check reads real comparisons
+    assert [text for text in compared if "format" in text or "fmt" in text] == []
+
+
+def test_card_templates_are_looked_up_by_plain_name_only() -> None:
+    env = model_card_module._environment()
+    assert env.get_template(BASE_TEMPLATE).name == BASE_TEMPLATE
+    for name in ("../model_card.py", "cards/card.md.j2", "missing.md.j2"):
+        with pytest.raises(jinja2.TemplateNotFound):
+            env.get_template(name)
+    assert template_name("../onnx") == BASE_TEMPLATE

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from efexport.exporter.recipes import Tolerances
+from efexport.exporter.recipe_sections import Tolerances
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,34 @@
-"""EfficientFormer model definitions, checkpoint layouts and realistic random weights."""
+"""Model families, registered in one place (the FAMILIES line below); importing this module imports no torch.
 
-from efexport.exporter.models.efficientformer import CONFIGS, VARIANTS, EfficientFormer, build_model
+Each family is a module declaring ``FAMILY`` (see ``efexport.exporter.models.family``): its config table, model,
+checkpoint layouts, realistic random weights, preprocessing and published figures.
+"""
 
-__all__ = ["CONFIGS", "VARIANTS", "EfficientFormer", "build_model"]
+from __future__ import annotations
+
+from efexport.exporter.models.family import FamilyEntry, ModelFamily
+
+FAMILIES: tuple[FamilyEntry, ...] = (
+    FamilyEntry("efficientformer", "EfficientFormer V1", ("l1", "l3", "l7"),
+                {"efficientformer_l1": "l1", "efficientformer_l3": "l3", "efficientformer_l7": "l7"},
+                "efexport.exporter.models.efficientformer_family"),
+)
+
+
+def variant_choices() -> tuple[str, ...]:
+    """Every name ``--variant`` takes: each family's variants, then the other names users type for them."""
+    return tuple(v for entry in FAMILIES for v in entry.variants) + \
+        tuple(alias for entry in FAMILIES for alias in entry.aliases)
+
+
+def find_variant(name: str) -> tuple[FamilyEntry, str] | None:
+    """The family entry and canonical variant for a name users type (``l1``, ``efficientformer_l1``), or None."""
+    for entry in FAMILIES:
+        if name in entry.variants:
+            return entry, name
+        if name in entry.aliases:
+            return entry, entry.aliases[name]
+    return None
+
+
+__all__ = ["FAMILIES", "FamilyEntry", "ModelFamily", "find_variant", "variant_choices"]

@@ -1,4 +1,4 @@
-"""Reading checkpoints safely and loading them into an EfficientFormer.
+"""Reading checkpoints safely and loading them into the model of the registered family whose keys they hold.
 
 Nothing pickled is ever executed: ``.pth`` files go through ``torch.load(weights_only=True)`` (with a
 short allowlist of inert classes that upstream training checkpoints carry, such as the argparse
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +21,14 @@ from safetensors.torch import load_file as load_safetensors
 
 from efexport.exporter.errors import CheckpointError
 from efexport.exporter.manifest import sha256_of
-from efexport.exporter.models.efficientformer import CONFIGS, EfficientFormer, build_model
-from efexport.exporter.models.layouts import KEY_MAPPERS, detect_layout, looks_like_efficientformer_v2
+from efexport.exporter.models import FAMILIES
+from efexport.exporter.models.family import ModelFamily
+from efexport.exporter.models.layouts import looks_like_efficientformer_v2
 
 # Classes an upstream training checkpoint holds besides tensors. Unpickling them only builds plain
 # objects (no code of the checkpoint's choosing runs), so they may be allowlisted for weights_only.
 _INERT_GLOBALS: list = [argparse.Namespace]
 STATE_DICT_ENTRIES = ("model", "state_dict", "model_state_dict")
-_DERIVED_KEYS = ("attention_bias_idxs",)
 _MAX_LISTED = 5
 
 
@@ -41,6 +41,8 @@ class Checkpoint:
     file_format: str  # "pth" or "safetensors"
     layout: str  # "upstream" or "timm"
     state_dict: dict[str, torch.Tensor]
+    family: ModelFamily  # whose layout the keys are in
+
 
     def describe(self) -> dict:
         return {"source": "checkpoint", "file": self.path.name, "sha256": self.sha256,
@@ -136,9 +138,11 @@ def _renamed(state: dict[str, torch.Tensor], rename: Callable[[str], str], path:
     return renamed
 
 
-def read_checkpoint(path: Path) -> Checkpoint:
-    """Read a file into a native-layout state dict, or raise CheckpointError saying why not."""
+def read_checkpoint(path: Path, families: Sequence[ModelFamily] | None = None) -> Checkpoint:
+    """Read a file into the native-layout state dict of the family (of ``families``, default: every registered
+    one) whose layout its keys are in, or raise CheckpointError saying why not."""
     path = Path(path)
+    families = families if families is not None else [entry.load() for entry in FAMILIES]
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if not path.is_file():
@@ -164,31 +168,33 @@ def read_checkpoint(path: Path) -> Checkpoint:
             f"{path}: this is an EfficientFormerV2 checkpoint (depthwise FFN and talking-head attention keys); "
             "efexport supports EfficientFormer V1 (l1, l3, l7) so far"
         )
-    layout = detect_layout(keys)
-    if layout is None:
-        raise CheckpointError(
-            f"{path}: not an EfficientFormer checkpoint: none of the upstream (patch_embed.*, network.*) or "
-            f"timm (stem.*, stages.*) keys are there; first keys: {', '.join(map(_shown, keys[:_MAX_LISTED]))}"
-        )
-    native = _renamed(state, KEY_MAPPERS[layout], path)
-    return Checkpoint(path, sha256_of(path), file_format, layout, native)
+    for family in families:
+        layout = family.detect_layout(keys)
+        if layout is not None:
+            native = _renamed(state, family.layouts[layout], path)
+            return Checkpoint(path, sha256_of(path), file_format, layout, native, family)
+    raise CheckpointError(
+        f"{path}: not an EfficientFormer checkpoint: none of the upstream (patch_embed.*, network.*) or "
+        f"timm (stem.*, stages.*) keys are there; first keys: {', '.join(map(_shown, keys[:_MAX_LISTED]))}"
+    )
 
 
-def expected_shapes(variant: str) -> dict[str, tuple[int, ...]]:
+def expected_shapes(family: ModelFamily, variant: str) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
-        model = build_model(variant)
+        model = family.build(variant)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _split_derived(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    derived = {k: v for k, v in state.items() if k.endswith(_DERIVED_KEYS)}
+def _split_derived(state: dict[str, torch.Tensor], family: ModelFamily) -> tuple[dict[str, torch.Tensor],
+                                                                                  dict[str, torch.Tensor]]:
+    derived = {k: v for k, v in state.items() if k.endswith(family.derived_keys)}
     return {k: v for k, v in state.items() if k not in derived}, derived
 
 
-def layout_mismatches(state: dict[str, torch.Tensor], variant: str) -> list[str]:
+def layout_mismatches(state: dict[str, torch.Tensor], family: ModelFamily, variant: str) -> list[str]:
     """Human-readable differences between a native state dict and what ``variant`` expects."""
-    want = expected_shapes(variant)
-    got = {k: tuple(v.shape) for k, v in _split_derived(state)[0].items()}
+    want = expected_shapes(family, variant)
+    got = {k: tuple(v.shape) for k, v in _split_derived(state, family)[0].items()}
     problems = [f"shape of {k}: checkpoint {got[k]}, {variant} expects {want[k]}"
                 for k in want if k in got and got[k] != want[k]]
     problems += [f"missing key {k} {want[k]}" for k in want if k not in got]
@@ -196,16 +202,16 @@ def layout_mismatches(state: dict[str, torch.Tensor], variant: str) -> list[str]
     return problems
 
 
-def identify_variant(state: dict[str, torch.Tensor]) -> str | None:
-    """The variant whose keys and shapes match the state dict exactly, if any."""
-    for variant in CONFIGS:
-        if not layout_mismatches(state, variant):
+def identify_variant(state: dict[str, torch.Tensor], family: ModelFamily) -> str | None:
+    """The variant of ``family`` whose keys and shapes match the state dict exactly, if any."""
+    for variant in family.variants:
+        if not layout_mismatches(state, family, variant):
             return variant
     return None
 
 
-def _check_derived_and_finite(ckpt: Checkpoint, model: EfficientFormer) -> None:
-    params, derived = _split_derived(ckpt.state_dict)
+def _check_derived_and_finite(ckpt: Checkpoint, model: torch.nn.Module) -> None:
+    params, derived = _split_derived(ckpt.state_dict, ckpt.family)
     own = dict(model.named_buffers())
     for key, value in derived.items():
         if key in own and not torch.equal(value.to(own[key].dtype), own[key]):
@@ -215,27 +221,31 @@ def _check_derived_and_finite(ckpt: Checkpoint, model: EfficientFormer) -> None:
         raise CheckpointError(f"{ckpt.path}: non-finite values (NaN or Inf) in {', '.join(bad[:_MAX_LISTED])}")
 
 
-def load_into_model(ckpt: Checkpoint, variant: str | None) -> tuple[EfficientFormer, str]:
-    """Build the model for ``variant`` (identified from the checkpoint when None) and load the weights."""
-    found = identify_variant(ckpt.state_dict)
+def load_into_model(ckpt: Checkpoint, variant: str | None) -> tuple[torch.nn.Module, str]:
+    """Build the model for ``variant`` of the checkpoint's family (identified from the checkpoint when None) and
+    load the weights."""
+    family = ckpt.family
+    found = identify_variant(ckpt.state_dict, family)
     if variant is None:
         if found is None:
-            closest = min(CONFIGS, key=lambda v: len(layout_mismatches(ckpt.state_dict, v)))
-            problems = layout_mismatches(ckpt.state_dict, closest)
+            closest = min(family.variants, key=lambda v: len(layout_mismatches(ckpt.state_dict, family, v)))
+            problems = layout_mismatches(ckpt.state_dict, family, closest)
             raise CheckpointError(
-                f"{ckpt.path}: the {ckpt.layout}-layout checkpoint matches no EfficientFormer V1 variant; "
-                f"closest is {closest}, which differs in {len(problems)} keys: " + "; ".join(problems[:_MAX_LISTED])
+                f"{ckpt.path}: the {ckpt.layout}-layout checkpoint matches no {family.display_name} "
+                f"{family.version.upper()} variant; closest is {closest}, which differs in {len(problems)} keys: "
+                + "; ".join(problems[:_MAX_LISTED])
             )
         variant = found
-    problems = layout_mismatches(ckpt.state_dict, variant)
+    problems = layout_mismatches(ckpt.state_dict, family, variant)
     if problems:
-        holds = f"it holds {found} weights" if found else "it matches no V1 variant"
+        holds = (f"it holds {found} weights" if found
+                 else f"it matches no {family.version.upper()} variant")
         raise CheckpointError(
-            f"{ckpt.path}: checkpoint does not fit EfficientFormer-{variant} ({holds}); {len(problems)} "
+            f"{ckpt.path}: checkpoint does not fit {family.display_name}-{variant} ({holds}); {len(problems)} "
             "differences, first: " + "; ".join(problems[:_MAX_LISTED])
         )
-    model = build_model(variant)
+    model = family.build(variant)
     _check_derived_and_finite(ckpt, model)
-    params, _ = _split_derived(ckpt.state_dict)
+    params, _ = _split_derived(ckpt.state_dict, family)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in params.items()}, strict=True)
     return model.eval(), variant

@@ -1,21 +1,25 @@
-"""Load stage: a checkpoint (or a seed) in, an eval-mode EfficientFormer and a description of its weights out."""
+"""Load stage: a checkpoint (or a seed) in, an eval-mode model of a registered family and a description of its
+weights out."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from efexport.exporter.errors import CheckpointError
+from efexport.exporter.models import FAMILIES, find_variant, variant_choices
 from efexport.exporter.models.checkpoint import load_into_model, read_checkpoint
-from efexport.exporter.models.efficientformer import VARIANTS, EfficientFormer, build_model
-from efexport.exporter.models.random_weights import randomize_realistically
+from efexport.exporter.models.family import ModelFamily
 
 RANDOM_INIT = "random-init"
 
 
 @dataclass
 class LoadedModel:
-    model: EfficientFormer
+    model: nn.Module
+    family: ModelFamily
     variant: str
     weights: dict  # {"source": "checkpoint", sha256, ...} or {"source": "random-init", "seed": N}
 
@@ -23,20 +27,35 @@ class LoadedModel:
     def is_random(self) -> bool:
         return self.weights["source"] == RANDOM_INIT
 
+    @property
+    def package_name(self) -> str:
+        """``efficientformer-l1``: the folder of this model's packages under the output root."""
+        return self.family.package_name(self.variant)
 
-def resolve_variant(variant: str | None) -> str | None:
-    if variant is not None and variant not in VARIANTS:
-        raise CheckpointError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    return variant
+
+def resolve_variant(variant: str | None) -> tuple[ModelFamily | None, str | None]:
+    """The family and canonical variant of a name users type (None, None when not given)."""
+    if variant is None:
+        return None, None
+    found = find_variant(variant)
+    if found is None:
+        raise CheckpointError(f"unknown variant {variant!r}; choose one of {', '.join(variant_choices())}")
+    entry, name = found
+    return entry.load(), name
 
 
 def load_model(weights: Path | None, variant: str | None, seed: int) -> LoadedModel:
-    variant = resolve_variant(variant)
+    family, variant = resolve_variant(variant)
     if weights is None:
-        if variant is None:
+        if family is None or variant is None:
             raise CheckpointError("--variant is required without --weights (nothing to identify it from)")
-        model = randomize_realistically(build_model(variant), seed)
-        return LoadedModel(model, variant, {"source": RANDOM_INIT, "seed": seed})
-    checkpoint = read_checkpoint(weights)
+        model = family.randomize(family.build(variant), seed)
+        return LoadedModel(model, family, variant, {"source": RANDOM_INIT, "seed": seed})
+    # the checkpoint's keys name its family; a --variant of another family is then a mismatch, said by name
+    checkpoint = read_checkpoint(weights, [entry.load() for entry in FAMILIES])
+    if family is not None and family.name != checkpoint.family.name:
+        raise CheckpointError(f"{weights}: this is a {checkpoint.family.display_name} "
+                              f"{checkpoint.family.version.upper()} checkpoint, not {family.display_name} "
+                              f"{family.version.upper()} ({variant})")
     model, variant = load_into_model(checkpoint, variant)
-    return LoadedModel(model, variant, checkpoint.describe())
+    return LoadedModel(model, checkpoint.family, variant, checkpoint.describe())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
 from pathlib import Path
 
 from efexport.exporter.errors import VerifyError
@@ -16,10 +14,24 @@ from efexport.exporter.manifest import (
     tool_versions,
     write_manifest,
 )
+from efexport.exporter.manifest_model import (
+    FoldReport,
+    LatencyEntry,
+    ManifestFacts,
+    ModelFacts,
+    PackageIdentity,
+    ParityGate,
+    PreprocessingFacts,
+    PublishedFigures,
+    RecipeFacts,
+    TensorSpec,
+    ToolVersions,
+    dump_manifest,
+    target_block,
+    weights_block,
+)
 from efexport.exporter.manifest_schema import check_manifest
 from efexport.exporter.model_card import CARD_FILE, model_card
-from efexport.exporter.models.efficientformer import EfficientFormerConfig
-from efexport.exporter.preprocessing import IMAGENET
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.stages.fold import FoldedModel
@@ -28,19 +40,8 @@ from efexport.exporter.targets.base import ExportedModel, Target
 from efexport.validate.latency import LatencyReport
 from efexport.validate.parity import ParityReport
 
-PUBLISHED_SOURCE = "EfficientFormer paper (Li et al., NeurIPS 2022), Table 1, and the snap-research README"
 
-
-def published_figures(cfg: EfficientFormerConfig) -> dict:
-    """The paper's figures for this variant, marked as published: none of them was measured by efexport."""
-    return {"status": "published, not measured here", "source": PUBLISHED_SOURCE,
-            "params_m": cfg.published_params_m, "gmacs": cfg.published_gmacs,
-            "imagenet_top1_percent": cfg.published_top1,
-            "latency_ms": {"device": "iPhone 12", "runtime": "Core ML, all compute units",
-                           "value": cfg.published_iphone12_ms}}
-
-
-def package_identity(variant: str, target_facts: dict, random_init: bool) -> dict:
+def package_identity(model_name: str, target_facts: dict, random_init: bool) -> dict:
     """The package's name and whether it may be deployed; the reasons say why not."""
     reasons = []
     if random_init:
@@ -48,7 +49,7 @@ def package_identity(variant: str, target_facts: dict, random_init: bool) -> dic
     engine = target_facts.get("engine")
     if engine is not None and not engine.get("built"):
         reasons.append(f"no TensorRT engine was built ({engine.get('reason', 'unknown reason')})")
-    name = f"efficientformer-{variant}-{target_facts['format']}-{target_facts['precision']}"
+    name = f"{model_name}-{target_facts['format']}-{target_facts['precision']}"
     return {"name": name, "deployable": not reasons, "not_deployable_because": reasons}
 
 
@@ -62,29 +63,33 @@ def recipe_facts(recipe: Recipe, source: str) -> dict:
 
 def build_manifest(loaded: LoadedModel, folded: FoldedModel, captured: CapturedGraph, exported: ExportedModel,
                    parity: ParityReport, latency: list[LatencyReport], recipe: Recipe, recipe_source: str) -> dict:
-    """Every fact about the artifact, as plain JSON types; ``files`` is added once the files are final."""
-    cfg = loaded.model.cfg
-    manifest = {
-        "schema": MANIFEST_SCHEMA,
-        "package": package_identity(loaded.variant, exported.facts, loaded.is_random),
-        "model": {"family": "EfficientFormer", "version": "v1", "variant": loaded.variant,
-                  "parameters": sum(p.numel() for p in loaded.model.parameters()),
-                  "num_classes": cfg.num_classes,
-                  "class_labels": "ImageNet-1k, index order (exporter/data/imagenet1k_labels.txt)",
-                  "published": published_figures(cfg)},
-        "weights": loaded.weights,
-        "preprocessing": replace(IMAGENET, input_size=recipe.export.image_size).describe(),
-        "inputs": [spec.describe() for spec in captured.inputs],
-        "outputs": [spec.describe() for spec in captured.outputs],
-        "target": exported.facts,
-        "fold": folded.report() | {"max_abs_allowed": recipe.fold.max_abs},
-        "parity": parity.to_dict() | {"reference_file": REFERENCE_FILE,
-                                      "compared_against": "unfolded PyTorch model (eval, float32)"},
-        "latency": [report.to_dict() for report in latency],
-        "versions": tool_versions(),
-        "recipe": recipe_facts(recipe, recipe_source),
-    }
-    return json.loads(json.dumps(manifest))
+    """Every fact about the artifact, built as the manifest's typed blocks (exporter.manifest_model, which its
+    JSON Schema is generated from, so a mistake fails here, naming the block) and dumped as plain JSON types;
+    ``files`` is added once the files are final."""
+    family, cfg = loaded.family, loaded.model.cfg
+    manifest = ManifestFacts(
+        schema=MANIFEST_SCHEMA,
+        package=PackageIdentity.model_validate(
+            package_identity(loaded.package_name, exported.facts, loaded.is_random)),
+        model=ModelFacts(family=family.display_name, version=family.version, variant=loaded.variant,
+                         parameters=sum(p.numel() for p in loaded.model.parameters()),
+                         num_classes=cfg.num_classes,
+                         class_labels=family.class_labels,
+                         published=PublishedFigures.model_validate(family.published(loaded.variant))),
+        weights=weights_block(loaded.weights),
+        preprocessing=PreprocessingFacts.model_validate(
+            family.preprocessing(loaded.variant, recipe.export.image_size).describe()),
+        inputs=[TensorSpec.model_validate(spec.describe()) for spec in captured.inputs],
+        outputs=[TensorSpec.model_validate(spec.describe()) for spec in captured.outputs],
+        target=target_block(exported.facts),
+        fold=FoldReport.model_validate(folded.report() | {"max_abs_allowed": recipe.fold.max_abs}),
+        parity=ParityGate.model_validate(parity.to_dict() | {
+            "reference_file": REFERENCE_FILE, "compared_against": "unfolded PyTorch model (eval, float32)"}),
+        latency=[LatencyEntry.model_validate(report.to_dict()) for report in latency],
+        versions=ToolVersions.model_validate(tool_versions()),
+        recipe=RecipeFacts.model_validate(recipe_facts(recipe, recipe_source)),
+    )
+    return dump_manifest(manifest)
 
 
 def package(staging: Path, manifest: dict, target: Target, exported: ExportedModel, threads: int) -> dict:

@@ -1,12 +1,17 @@
-"""Deployment targets: each knows how to export a captured graph and how to run what it exported."""
+"""Deployment targets, registered in one place (the TARGETS line below).
+
+Each target declares itself in a TargetSpec (``efexport.exporter.targets.spec``): its command options, recipe
+section, precisions, extra, outcomes; the implementation (export, runners, metadata) is imported by
+``spec.load()`` only when needed, so listing targets or checking flags imports no torch.
+"""
 
 from __future__ import annotations
 
-from efexport.exporter.targets.base import ExportedModel, Runner, Target
-from efexport.exporter.targets.coreml import CoreMLTarget
-from efexport.exporter.targets.onnx import OnnxTarget
-from efexport.exporter.targets.tensorrt import TensorRTTarget
+from efexport.exporter.targets.coreml_spec import SPEC as COREML
+from efexport.exporter.targets.onnx_spec import SPEC as ONNX
+from efexport.exporter.targets.spec import ExitOutcome, TargetOption, TargetSpec
+from efexport.exporter.targets.tensorrt_spec import SPEC as TENSORRT
 
-TARGETS: dict[str, Target] = {"onnx": OnnxTarget(), "coreml": CoreMLTarget(), "tensorrt": TensorRTTarget()}
+TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (ONNX, COREML, TENSORRT)}
 
-__all__ = ["TARGETS", "ExportedModel", "Runner", "Target"]
+__all__ = ["TARGETS", "ExitOutcome", "TargetOption", "TargetSpec"]

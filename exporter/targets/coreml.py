@@ -14,17 +14,12 @@ the saved program with ``validate.mil_interpreter``; on macOS ``validate.coreml_
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,35 +31,27 @@ from efexport.exporter.preprocessing import IMAGENET
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.targets.base import ExportedModel
-
-if TYPE_CHECKING:
-    from efexport.validate.mil_interpreter import ProgramRun
+from efexport.validate.coreml_io import (
+    INPUT_NAME,
+    LABEL,
+    LOGITS,
+    PROBABILITIES,
+    import_coremltools,
+    normalised_to_pixels,
+    quiet_coremltools,
+)
+from efexport.validate.coreml_runtime import runtime_runners
+from efexport.validate.mil_interpreter import (
+    FP16_MAX,
+    ProgramRun,
+    compare_runs,
+    first_divergence,
+    load_program,
+    run_program,
+)
 
 MODEL_FILE = "model.mlpackage"
-INPUT_NAME, LOGITS, PROBABILITIES, LABEL = "image", "logits", "probabilities", "classLabel"
 SPEC_FILE = Path("Data/com.apple.CoreML/model.mlmodel")
-
-
-@contextlib.contextmanager
-def quiet_coremltools() -> Iterator[None]:
-    """coremltools prints progress bars and warns about untested torch versions: not for our users' consoles."""
-    logger = logging.getLogger("coremltools")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def import_coremltools():
-    """coremltools, imported without its import-time complaints (missing macOS runtime, untested torch)."""
-    with quiet_coremltools():
-        import coremltools
-
-    return coremltools
 
 
 def read_labels(source: str, num_classes: int) -> list[str]:
@@ -171,13 +158,6 @@ def read_metadata(package: Path) -> dict[str, str]:
             "description": meta.shortDescription, **dict(meta.userDefined)}
 
 
-def normalised_to_pixels(inputs: np.ndarray) -> np.ndarray:
-    """Undo ImageNet normalisation: the RGB pixel values (0-255 for real images) a Core ML image input takes."""
-    mean = np.array(IMAGENET.mean, dtype=np.float64).reshape(1, 3, 1, 1)
-    std = np.array(IMAGENET.std, dtype=np.float64).reshape(1, 3, 1, 1)
-    return ((inputs.astype(np.float64) * std + mean) * 255).astype(np.float32)
-
-
 def stable_package_identifiers(package: Path) -> bool:
     """Replace the random UUIDs coremltools gives the items of an .mlpackage by ones derived from each item's
     path, so converting the same model twice gives the same bytes. Identifiers only need to be unique within
@@ -212,9 +192,6 @@ class MilInterpreterRunner:
 
     def __init__(self, path: Path, threads: int) -> None:
         ct = import_coremltools()
-
-        from efexport.validate.mil_interpreter import load_program
-
         with quiet_coremltools():
             self.program = load_program(path)
             spec = ct.utils.load_spec(str(path))
@@ -224,8 +201,6 @@ class MilInterpreterRunner:
         self.op_max_abs: dict[str, tuple[str, str, float]] = {}  # var -> (op type, dtype, max |x|)
 
     def run_one(self, normalised: np.ndarray, trace: bool = False, round_fp16: bool = True) -> ProgramRun:
-        from efexport.validate.mil_interpreter import run_program
-
         feed = normalised_to_pixels(normalised[None]) if self.image_input else normalised[None]
         return run_program(self.program, {INPUT_NAME: feed}, trace=trace, threads=self.threads,
                            round_fp16=round_fp16)
@@ -243,8 +218,6 @@ class MilInterpreterRunner:
     def trace(self, normalised: np.ndarray, rel_tol: float = 1e-2) -> dict:
         """Per op, how far FP16 activation rounding has moved its output from the same program run with float32
         activations (same stored weights) on one input: where the error grows, and the first op past rel_tol."""
-        from efexport.validate.mil_interpreter import compare_runs, first_divergence
-
         rounded = self.run_one(normalised, trace=True)
         wide = self.run_one(normalised, trace=True, round_fp16=False)
         diffs = compare_runs(wide, rounded)
@@ -260,8 +233,6 @@ class MilInterpreterRunner:
 
     def report(self) -> dict:
         """FP16 headroom: the ops whose activations came closest to float16's largest value."""
-        from efexport.validate.mil_interpreter import FP16_MAX
-
         fp16 = [(name, op, value) for name, (op, dtype, value) in self.op_max_abs.items() if dtype == "fp16"]
         closest = sorted(fp16, key=lambda item: -item[2])[:10]
         return {"reference_execution": {
@@ -325,8 +296,6 @@ class CoreMLTarget:
         return MilInterpreterRunner(path, threads)
 
     def extra_runtimes(self, path: Path, recipe: Recipe) -> list:
-        from efexport.validate.coreml_runtime import runtime_runners
-
         return runtime_runners(path)
 
     def embed_metadata(self, path: Path, entries: dict[str, str]) -> None:

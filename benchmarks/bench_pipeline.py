@@ -1,6 +1,7 @@
 """Benchmark: what the export pipeline costs on top of the tools it wraps (wall time, peak memory).
 
-    python -m validate.bench_pipeline --variant l7 [--targets onnx,coreml,tensorrt] [--json FILE]
+    python -m benchmarks.bench_pipeline --variant l7 [--targets onnx,coreml,tensorrt] [--json FILE]
+    (from the repository root)
 
 Two runs, each a fresh Python process timed from the outside (so both include interpreter start-up and
 imports and are directly comparable), one after the other in this order (the pipeline first: whatever the
@@ -10,7 +11,7 @@ first run pays for a cold page cache, e.g. reading the libraries, counts against
    (``python -m exporter``). Its ``--json`` row per target gives the target's seconds and the per-stage profile
    (load, reference, fold, capture, export, validate, benchmark, package: wall time and peak RSS).
 
-2. **Bare tool calls** (``python -m validate.bench_pipeline --bare ...``, this module in a child mode): what a
+2. **Bare tool calls** (``python -m benchmarks.bench_pipeline --bare ...``, this module in a child mode): what a
    user would write by hand for the same targets, with the same model and the same amount of runtime work, but
    none of efexport's own work. Every third-party call is timed separately (``time.perf_counter``):
 
@@ -267,6 +268,8 @@ def bare_main(variant: str, targets: list[str], out: Path, json_out: Path) -> No
 
 @dataclass
 class ChildRun:
+    """One child process as measured from outside: its command, exit code, wall time, output and memory."""
+
     command: list[str]
     exit_code: int
     wall_seconds: float
@@ -337,6 +340,7 @@ def run_child(command: list[str], work: Path, name: str) -> ChildRun:
 
 
 def _rusage_children_bytes() -> int | None:
+    """Largest ru_maxrss among this process's reaped children, in bytes; None where there is no resource module."""
     try:
         import resource
     except ImportError:
@@ -345,11 +349,13 @@ def _rusage_children_bytes() -> int | None:
 
 
 def _goal(value: float | None, goal: float, unit: str, note: str = "") -> dict:
+    """A goal's entry in the report: met when the value is at most the goal, None when there is no value."""
     return {"value": value, "goal": goal, "unit": unit, "met": None if value is None else value <= goal,
             "note": note}
 
 
 def _manifest(row: dict) -> dict:
+    """The manifest of the package a target's row names, or {} when there is none or it cannot be read."""
     path = Path(row.get("artifact") or "") / "manifest.json"
     try:
         return json.loads(path.read_text()) if row.get("artifact") else {}
@@ -359,6 +365,7 @@ def _manifest(row: dict) -> dict:
 
 def build_report(variant: str, targets: list[str], pipeline: ChildRun, pipeline_json: dict, manifests: dict,
                  rusage_children: int | None, bare: ChildRun, bare_json: dict | None) -> dict:
+    """The report: per target and per stage, pipeline against bare calls, the memory figures, and the goals."""
     rows = pipeline_json.get("targets", [])
     bare_calls = bare_json["calls"] if bare_json else []
     per_target = []
@@ -423,7 +430,7 @@ def build_report(variant: str, targets: list[str], pipeline: ChildRun, pipeline_
         "method": ("pipeline: efexport all --profile --json in a fresh process; bare: the same third-party calls a "
                    "hand-written script makes for these targets (export, simplifier, Core ML conversion, runtime "
                    "sessions and runs), each timed, in a second fresh process run after it; walls measured around "
-                   "each process (see validate/bench_pipeline.py)"),
+                   "each process (see benchmarks/bench_pipeline.py)"),
         "efexport_version": versions.get("efexport"),
         "efexport_git_commit": versions.get("efexport_git_commit"),
         "versions": versions,
@@ -450,6 +457,7 @@ def build_report(variant: str, targets: list[str], pipeline: ChildRun, pipeline_
 
 
 def _print_report(report: dict) -> None:
+    """The report as console tables: per target, per stage, and the goals."""
     from rich.console import Console
     from rich.table import Table
 
@@ -507,6 +515,7 @@ def _print_report(report: dict) -> None:
 
 
 def bench(variant: str, targets: list[str], keep: Path | None) -> tuple[dict, bool]:
+    """Run the pipeline child, then the bare child, and build the report; also whether both runs completed."""
     if keep is not None and keep.exists() and any(keep.iterdir()):
         raise SystemExit(f"--keep {keep}: give a new or empty directory")
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-")) if keep is None else keep
@@ -525,7 +534,7 @@ def bench(variant: str, targets: list[str], keep: Path | None) -> tuple[dict, bo
             raise RuntimeError(f"efexport all failed before any target: {pipeline_json}")
         manifests = {row["target"]: _manifest(row) for row in pipeline_json["targets"]}
         bare_file = work / "bare.json"
-        bare = run_child([sys.executable, "-m", "efexport.validate.bench_pipeline", "--bare", "--variant", variant,
+        bare = run_child([sys.executable, "-m", "benchmarks.bench_pipeline", "--bare", "--variant", variant,
                           "--targets", ",".join(targets), "--out", str(work / "bare"), "--json-out", str(bare_file)],
                          work, "bare")
         bare_json = json.loads(bare_file.read_text()) if bare.exit_code == 0 and bare_file.exists() else None
@@ -544,6 +553,7 @@ def bench(variant: str, targets: list[str], keep: Path | None) -> tuple[dict, bo
 
 
 def _targets(text: str) -> list[str]:
+    """``--targets``: a comma-separated list of known target names."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in TARGETS]
     if unknown or not names:
@@ -552,6 +562,7 @@ def _targets(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (and, with the hidden ``--bare``, the bare child); returns the exit status."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--variant", choices=["l1", "l3", "l7"], required=True)
     parser.add_argument("--targets", type=_targets, default=list(TARGETS), help="comma-separated (default: all)")

@@ -6,7 +6,7 @@ For each variant, side by side in one run:
 It reports node counts by op type and ONNX Runtime CPU latency measured interleaved (A B A B ...
 windows, medians), with the ratio b/a. A benchmark, not a test: nothing here passes or fails.
 
-    python -m validate.bench_fold --variants l1 l3 l7 --json fold-bench.json
+    python -m benchmarks.bench_fold --variants l1 l3 l7 --json fold-bench.json   (from the repository root)
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def interleaved_latency(paths: dict[str, Path], threads: int, windows: int, runs
 
 
 def bench_variant(variant: str, opset: int, threads: int, windows: int, runs: int) -> dict:
+    """One variant (random init, seed 0) exported both ways: op counts, node reduction and latency ratio."""
     model = load_model(None, variant, seed=0).model
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"plain": Path(tmp) / "plain.onnx", "folded": Path(tmp) / "folded.onnx"}
@@ -78,6 +79,7 @@ def bench_variant(variant: str, opset: int, threads: int, windows: int, runs: in
 
 
 def _table(results: list[dict]) -> Table:
+    """The console table: node counts, latency and the op types whose counts differ, one row per variant."""
     table = Table("variant", "nodes plain", "nodes folded", "reduction", "ORT plain ms", "ORT folded ms",
                   "folded/plain", "ops that differ (plain -> folded)", title="fold stage: ONNX nodes and latency")
     for r in results:
@@ -92,6 +94,7 @@ def _table(results: list[dict]) -> Table:
 
 
 def main() -> None:
+    """The command line: bench the variants, print the table, write the JSON when asked."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=["l1", "l3", "l7"], choices=["l1", "l3", "l7"])
     parser.add_argument("--opset", type=int, default=17)

@@ -1,0 +1,56 @@
+"""The ``efexport`` command line: one module per command, option groups shared (``options``), one export command
+per registered target, generated from its TargetSpec (``export``).
+
+Console output (progress, warnings, errors) goes to stderr; ``--json`` prints one JSON document on stdout.
+Exit codes: see ``efexport.exporter.errors.ExitCode`` (0 ok, 2 usage, 3 bad input, 4 output, 5 parity, 6 verify,
+7 stage failed, 8 TensorRT without an engine, 9 engine required but impossible, 10 publish refused, 11 publish
+failed, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 1 internal error).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from efexport.exporter import interrupts
+from efexport.exporter.cli.bench import bench_command
+from efexport.exporter.cli.bundle import bundle_command
+from efexport.exporter.cli.export import all_command, export_command
+from efexport.exporter.cli.fold import fold_command
+from efexport.exporter.cli.info import targets_command, variants_command
+from efexport.exporter.cli.options import EXIT_CODES_HELP
+from efexport.exporter.cli.publish import publish_command
+from efexport.exporter.cli.verify import verify_command
+from efexport.exporter.targets import TARGETS
+
+app = typer.Typer(
+    name="efexport",
+    help="Export EfficientFormer checkpoints to deployable, verified, documented artifacts.\n\n" + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+for _name, _spec in TARGETS.items():
+    app.command(_name)(export_command(_spec))
+app.command("all")(all_command)
+app.command("fold")(fold_command)
+app.command("verify")(verify_command)
+app.command("bundle")(bundle_command)
+app.command("bench")(bench_command)
+app.command("variants")(variants_command)
+app.command("targets")(targets_command)
+app.command("publish")(publish_command)
+
+
+def main() -> None:
+    interrupts.install()  # SIGTERM unwinds like Ctrl-C, so staging directories are removed on the way out
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(int(interrupts.exit_code()))
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,91 @@
+"""The recipe sections every target shares: export, fold, parity, latency.
+
+A target's own section (``[coreml]``, ``[tensorrt]``, ...) is declared by the target itself (its TargetSpec);
+``efexport.exporter.recipes`` assembles the full Recipe model from these and the registered targets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from efexport.exporter.geometry import final_token_grid
+from efexport.exporter.passes import PASS_NAMES
+from efexport.validate.latency import WindowRule
+
+SUPPORTED_OPSETS = (14, 20)  # LayerNormalization is native from 17; below it is decomposed
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # the precision axis: each target declares which it exports
+
+
+class Section(BaseModel):
+    """A recipe table: unknown keys, wrong types and coercions are errors; values never change after loading."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ExportSection(Section):
+    opset: int = Field(17, ge=SUPPORTED_OPSETS[0], le=SUPPORTED_OPSETS[1], description="ONNX opset")
+    simplifier: Literal["onnxsim", "onnxslim", "none"] = Field("onnxsim", description="graph simplifier")
+    dynamic_batch: bool = Field(False, description="dynamic batch axis instead of a static batch of 1")
+    image_size: int = Field(224, description="input height and width; must give a 7x7 last-stage grid")
+
+    @field_validator("image_size")
+    @classmethod
+    def _seven_by_seven(cls, value: int) -> int:
+        if value < 1 or final_token_grid(value) != 7:
+            raise ValueError(
+                f"image size {value} is not supported: the attention bias is built for a 7x7 token grid, "
+                "which a 224x224 input gives (sizes 193-224 also reach 7x7; others would need new biases)"
+            )
+        return value
+
+
+class FoldSection(Section):
+    passes: list[Literal[PASS_NAMES]] = Field(list(PASS_NAMES), description="fold passes, in order")  # type: ignore[valid-type]
+    max_abs: float = Field(1e-5, gt=0, description="largest error of the folded model's logits (float32) against "
+                                                   "the unfolded model evaluated in float64; the gate is the larger "
+                                                   "of this and twice the unfolded model's own float32 error")
+
+
+class Tolerances(Section):
+    max_abs: float | None = Field(None, gt=0, description="largest allowed |exported - pytorch| over all logits; "
+                                                          "unset: reported, not gated (FP16)")
+    min_cosine: float = Field(gt=0, le=1, description="smallest allowed cosine similarity per input")
+    top1_agreement: bool = Field(True, description="the top-1 class must agree on every input")
+
+
+class ParitySection(Section):
+    seed: int = Field(0, ge=0, description="seed of the reference inputs")
+    noise_inputs: int = Field(4, ge=0, le=64, description="standard-normal inputs")
+    image_inputs: int = Field(4, ge=0, le=64, description="smooth image-like inputs, ImageNet-normalised")
+    tolerances: dict[Literal[PRECISIONS], Tolerances] = Field(description="gates per precision")  # type: ignore[valid-type]
+
+    @field_validator("image_inputs")
+    @classmethod
+    def _some_inputs(cls, value: int, info: Any) -> int:
+        if value + info.data.get("noise_inputs", 1) < 1:
+            raise ValueError("parity needs at least one input (noise_inputs + image_inputs >= 1)")
+        return value
+
+
+class LatencySection(Section):
+    warmup_runs: int = Field(10, ge=1, le=10_000, description="untimed calls first")
+    window_runs: int = Field(20, ge=3, le=10_000, description="timed calls per measurement window")
+    stable_windows: int = Field(3, ge=2, le=20, description="the last this many window medians must agree")
+    stable_within: float = Field(0.05, gt=0, lt=1, description="relative spread ((max - min) / median) within "
+                                                               "which the window medians agree")
+    max_windows: int = Field(12, ge=2, le=1000, description="stop here, reported as not converged")
+    threads: int = Field(2, ge=1, le=256, description="intra-op threads of the runtime")
+    batch_size: int = Field(1, ge=1, le=1024, description="batch of the timed runs (dynamic-batch exports)")
+
+    @model_validator(mode="after")
+    def _cap_allows_settling(self) -> LatencySection:
+        if self.max_windows < self.stable_windows:
+            raise ValueError(f"max_windows ({self.max_windows}) must be at least stable_windows "
+                             f"({self.stable_windows})")
+        return self
+
+    def rule(self) -> WindowRule:
+        return WindowRule(self.warmup_runs, self.window_runs, self.stable_windows, self.stable_within,
+                          self.max_windows)

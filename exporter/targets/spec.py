@@ -1,0 +1,90 @@
+"""What a deployment target declares about itself, as data the rest of efexport reads.
+
+A TargetSpec is light (no torch, no converter): the command line builds the target's export command from it
+(``options``), the recipe model takes its section from it (``recipe_section``), the Makefile's and CI's target
+lists are generated from the registry of specs, and ``load()`` imports the implementation (``Target`` in
+``efexport.exporter.targets.base``: export, runners, metadata) only when an export or a verification needs it.
+
+Adding a target: one module with its spec and implementation, one line in ``efexport.exporter.targets``'
+registry, a recipe in ``recipes/``, its card template in ``exporter/targets/cards/``, tests and docs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from efexport.exporter.errors import UsageError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class TargetOption:
+    """One option of a target's export command that sets a recipe value.
+
+    ``kind`` is str, int or bool; a bool option is a ``--x/--no-x`` pair when ``flag`` holds a slash. With
+    ``choices`` the value must be one of them; with ``parse`` the text is turned into the recipe value (raising
+    ValueError with the message to show, exit 2).
+    """
+
+    flag: str  # "--deployment-target", or "--dynamic-batch/--static-batch" for a bool pair
+    recipe_key: str  # dotted recipe key the value overrides, e.g. "coreml.minimum_deployment_target"
+    help: str
+    kind: type = str
+    choices: tuple[str, ...] = ()
+    parse: Callable[[str], Any] | None = None
+
+    @property
+    def param(self) -> str:
+        """The Python parameter name: ``--deployment-target`` -> ``deployment_target``."""
+        return self.flag.split("/")[0].removeprefix("--").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class ExitOutcome:
+    """A finished export that is not a plain success, e.g. TensorRT's portable half without an engine."""
+
+    status: str  # in --json, instead of "ok"
+    exit_code: int
+    message: str  # one line for the console
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Everything efexport needs to know about a target without importing it."""
+
+    name: str  # the command, the recipe's `target`, the manifest's target.format, the package folder prefix
+    title: str  # for people: "Core ML"
+    summary: str  # the export command's help, first paragraph
+    writes: str  # what the package holds besides manifest.json, README.md and reference_io.npz
+    precisions: tuple[str, ...]  # the values of the precision axis it exports (its recipe picks the default)
+    default_recipe: str  # file name under recipes/
+    implementation: str  # "module:Class" of its Target implementation
+    options: tuple[TargetOption, ...] = ()  # its export command's own options
+    recipe_section: type[BaseModel] | None = None  # its [name] table in a recipe, if it has one
+    check_recipe: Callable[[Any], None] | None = None  # rules across sections; raise ValueError with the message
+    extra: str | None = None  # the pip extra (efexport[extra]) its converter or runtime needs
+    requires: tuple[str, ...] = ()  # modules that extra provides, checked before an export starts
+    traceable: bool = False  # its parity runner can trace every op (--trace)
+    outcome: Callable[[dict], ExitOutcome | None] | None = None  # a manifest that is not a plain success
+    make_ok_exits: tuple[int, ...] = ()  # exit codes `make` accepts from its export (documented outcomes)
+    ci_runner: str = "linux"  # which publish-workflow runner builds it: linux, macos or gpu
+
+    def load(self) -> Any:  # an efexport.exporter.targets.base.Target (base sits above this module)
+        """The implementation (imports the converter and runtime modules); a missing extra is a UsageError that
+        names it."""
+        missing = self.missing_requirements()
+        if missing:
+            raise UsageError(f"the {self.name} target needs {', '.join(missing)}, which is not installed: "
+                             f"pip install 'efexport[{self.extra}]'")
+        module, _, attribute = self.implementation.partition(":")
+        return getattr(importlib.import_module(module), attribute)()
+
+    def missing_requirements(self) -> list[str]:
+        """The modules of its extra that are not installed here."""
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
