@@ -366,3 +366,19 @@ def test_publish_steps_publish_real_weights_with_evidence():
     assert publishes and all(c.job == "publish" for c in publishes), [str(c) for c in publishes]
     publish_job = "\n".join(shell_text(step["run"]) for job, _, step in run_steps(load(PUBLISH)) if job == "publish")
     assert re.search(r"--evidence\s+\S*coreml-macos", publish_job), "the macOS verification reports are not attached"
+
+
+def test_publish_builds_every_registered_target_on_its_runner():
+    """The publish workflow's targets come from the target registry: each target with ci_runner "linux" is in the
+    Linux build matrix with its shipped recipe's precision, and the GPU job builds the "gpu" ones."""
+    from efexport.exporter.recipes import default_recipe_path, load_recipe
+    from efexport.exporter.targets import TARGETS
+
+    build = jobs(PUBLISH)["build-linux"]
+    linux = {name for name, spec in TARGETS.items() if spec.ci_runner == "linux"}
+    assert set(matrix_values(build, "target")) == linux
+    precisions = {entry["target"]: entry["precision"] for entry in build["strategy"]["matrix"]["include"]}
+    assert precisions == {name: load_recipe(default_recipe_path(name))[0].precision for name in linux}
+    gpu_calls = {c.subcommand for c in efexport_calls(PUBLISH) if c.job == "tensorrt-gpu"}
+    assert {name for name, spec in TARGETS.items() if spec.ci_runner == "gpu"} <= gpu_calls
+    assert {spec.ci_runner for spec in TARGETS.values()} <= {"linux", "gpu"}

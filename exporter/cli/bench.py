@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from efexport.exporter.cli import options
+import efexport.exporter.cli.options as options
 from efexport.exporter.cli.console import json_out, run_guarded, target_names
 from efexport.exporter.cli.tables import bench_table, sweep_table
 from efexport.exporter.errors import UsageError

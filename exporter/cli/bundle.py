@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from efexport.exporter.cli import options
+import efexport.exporter.cli.options as options
 from efexport.exporter.cli.console import deprecated, json_out, run_guarded
 from efexport.exporter.errors import UsageError, VerifyError
 

@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+import efexport.exporter.cli.options as options
 from efexport.exporter import interrupts
-from efexport.exporter.cli import options
 from efexport.exporter.cli.console import fail, json_out, run_guarded, stderr, target_names
 from efexport.exporter.cli.tables import profile_table, summary_table, trace_table
 from efexport.exporter.errors import EfexportError, RecipeError, UsageError

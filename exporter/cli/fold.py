@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from efexport.exporter.cli import options
+import efexport.exporter.cli.options as options
 from efexport.exporter.cli.console import json_out, run_guarded
 from efexport.exporter.cli.export import load_target_recipe
 from efexport.exporter.cli.tables import fold_table

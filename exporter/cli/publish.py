@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from efexport.exporter.cli import options
+import efexport.exporter.cli.options as options
 from efexport.exporter.cli.console import json_out, run_guarded, stderr
 from efexport.exporter.cli.tables import latency_comparison_table
 

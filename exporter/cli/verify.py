@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from efexport.exporter.cli import options
+import efexport.exporter.cli.options as options
 from efexport.exporter.cli.console import fail, run_guarded, stderr
 from efexport.exporter.errors import ExitCode
 

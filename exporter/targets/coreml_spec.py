@@ -55,5 +55,5 @@ SPEC = TargetSpec(
     extra="coreml",
     requires=("coremltools",),
     traceable=True,
-    ci_runner="macos",
+    ci_runner="linux",  # converted on Linux; the publish workflow re-verifies its bundles on macOS
 )
