@@ -462,10 +462,12 @@ def _bundle_members(bundle: Path) -> tuple[dict, bytes, bytes | None]:
 def _identity(manifest: dict) -> tuple[str, str]:
     """(model, target) from the package name, e.g. efficientformer-l3-coreml-fp16 -> efficientformer-l3, coreml-fp16."""
     name = manifest["package"]["name"]
-    model = f"efficientformer-{manifest['model']['variant']}"
-    if not name.startswith(model + "-"):
-        raise PublishRefused(f"package name {name!r} does not start with its model {model!r}")
-    target = name.removeprefix(model + "-")
+    target = f"{manifest['target']['format']}-{manifest['target']['precision']}"  # the family names the rest
+    if not name.endswith("-" + target) or name == "-" + target:
+        raise PublishRefused(f"package name {name!r} does not end with its target {target!r}")
+    model = name.removesuffix("-" + target)
+    if not model.endswith("-" + str(manifest["model"]["variant"])):
+        raise PublishRefused(f"package name {name!r} does not name its variant {manifest['model']['variant']!r}")
     return _check_segment(model, "model", PublishRefused), _check_segment(target, "target", PublishRefused)
 
 

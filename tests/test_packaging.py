@@ -37,7 +37,7 @@ NOT_SHIPPED = {"recipes/README.md"}
 # What is left out of a build's copy of the sources: VCS data, environments, and earlier builds (setuptools
 # reuses a build/lib it finds, so modules deleted since would reappear in the wheel).
 BUILD_IGNORE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache",
-                "artifacts")
+                "artifacts", "shared")
 EXTRA_MESSAGE = "pip install 'efexport[coreml]'"
 PROBE_ENV = "EFEXPORT_TEST_IMPORT_PROBE"
 # Loaded through a .pth in the fresh environment only: with PROBE_ENV set, each process writes, as it exits, the

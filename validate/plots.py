@@ -14,8 +14,6 @@ registry are never touched.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+
+from efexport.exporter.output import write_atomically
 
 DPI = 120
 WIDTH_IN = 9.0
@@ -117,19 +117,8 @@ def _figure(height_in: float, width_in: float = WIDTH_IN) -> Figure:
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    """Render ``figure`` to a temporary PNG beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png", dpi=DPI)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """Render ``figure`` as PNG into ``path`` atomically (readers never see half a plot)."""
+    return write_atomically(path, lambda stream: figure.savefig(stream, format="png", dpi=DPI))
 
 
 def _titles(figure: Figure, title: str, subtitle: str) -> None:

@@ -62,8 +62,9 @@ def bench_command(
     graph and achieved GFLOP/s. Writes bench.json and latency.png, throughput.png, accuracy.png (measured latency
     against the paper's published top-1 and iPhone 12 figures, labelled as published)."""
     from efexport.exporter.bench import BenchSettings, run_bench
+    from efexport.exporter.errors import OutputError
     from efexport.exporter.models import FAMILIES
-    from efexport.exporter.output import check_output_root, write_atomically
+    from efexport.exporter.output import check_output_root, write_atomically, write_failure
     from efexport.validate.latency import WindowRule
     from efexport.validate.plots import write_plots
 
@@ -85,11 +86,14 @@ def bench_command(
         directory = report_dir or out / "bench"
         check_output_root(directory)  # before minutes of measuring
         report = run_bench(settings, progress)
-        written = {"report": str(write_atomically(directory / "bench.json", json.dumps(report, indent=2) + "\n"))}
-        if not no_plots:
-            families = [entry.load() for entry in FAMILIES]
-            published = {v: family.published(v) for family in families for v in family.variants}
-            written |= {name: str(path) for name, path in write_plots(report, directory, published).items()}
+        try:
+            written = {"report": str(write_atomically(directory / "bench.json", json.dumps(report, indent=2) + "\n"))}
+            if not no_plots:
+                families = [entry.load() for entry in FAMILIES]
+                published = {v: family.published(v) for family in families for v in family.variants}
+                written |= {name: str(path) for name, path in write_plots(report, directory, published).items()}
+        except OSError as exc:  # a full disk after minutes of measuring: exit 4 naming the cause, no traceback
+            raise write_failure(exc) or OutputError(f"--report-dir {directory}: cannot write: {exc}") from None
         return report, written
 
     report, written = run_guarded(as_json, work)
