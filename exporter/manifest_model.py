@@ -10,12 +10,14 @@ Conventions, so that the models and the JSON Schema mean the same thing:
 - Blocks are open (other keys allowed, and kept when dumped) unless they derive from ``_Closed``, whose schema
   says ``additionalProperties: false``: the top level, and the blocks where a closed shape catches mistakes.
 - A field typed ``T | Absent`` (default None) may be left out but is never null; a field typed ``T | None``
-  without a default must be present and may be null. Dumps use ``exclude_unset``, so what was left out stays out.
+  without a default must be present and may be null (with default None: may be left out, or null). Dumps use
+  ``exclude_unset``, so what was left out stays out, and keep the keys in the order they were given.
 - Validation is strict (no coercion: ``"1"`` is not an int, ``true`` not a number); arrays may be given as
   tuples (what the stages' dataclasses hold) and are dumped as JSON arrays; NaN and infinities are refused.
 - Rules across fields (deployable and its reasons, the package name against variant, format and precision, ...)
   are checked by ``model_validator``\\ s and stated in the schema by ``json_schema_extra`` (if/then), so a
-  consumer without efexport checks them too; tests hold the two to the same verdicts.
+  consumer without efexport checks them too; tests hold the two to the same verdicts. (The models are stricter
+  in one respect: JSON Schema counts 2.0 as an integer, strict validation does not. The code writes ints.)
 """
 
 from __future__ import annotations
@@ -709,7 +711,7 @@ def target_block(facts: dict[str, Any]) -> OnnxTarget | CoreMLTarget | TensorRTT
 
 
 def dump_manifest(manifest: ManifestFacts) -> dict[str, Any]:
-    """The manifest as plain JSON types, with the keys it was given (none added, none dropped)."""
+    """The manifest as plain JSON types, with the keys it was given, in that order (none added, none dropped)."""
     return manifest.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 

@@ -232,26 +232,26 @@ __all__ = ["SCHEMA_FILE", "SCHEMA_ID", "ManifestJsonSchema", "check_manifest", "
            "manifest_schema", "schema_problems", "schema_text"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``--write`` regenerates exporter/data/manifest.schema.json from the models; ``--check`` exits 1 when the
-    checked-in file differs from what they generate."""
+def main(argv: Sequence[str] | None = None, schema_file: Path = _SOURCE_FILE) -> int:
+    """``--write`` regenerates ``schema_file`` (exporter/data/manifest.schema.json) from the models; ``--check``
+    exits 1 when it differs from what they generate."""
     parser = argparse.ArgumentParser(prog="python -m efexport.exporter.manifest_schema",
                                      description="The manifest's JSON Schema, generated from its typed models.")
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--write", action="store_true", help=f"write {_SOURCE_FILE}")
+    action.add_argument("--write", action="store_true", help=f"write {schema_file}")
     action.add_argument("--check", action="store_true", help="exit 1 unless the checked-in schema is current")
     args = parser.parse_args(argv)
     text = schema_text()
     if args.write:
-        _SOURCE_FILE.write_text(text, encoding="utf-8")
-        print(f"wrote {_SOURCE_FILE}")
+        schema_file.write_text(text, encoding="utf-8")
+        print(f"wrote {schema_file}")
         return 0
-    current = _SOURCE_FILE.read_text(encoding="utf-8") if _SOURCE_FILE.is_file() else None
+    current = schema_file.read_text(encoding="utf-8") if schema_file.is_file() else None
     if current != text:
-        print(f"{_SOURCE_FILE} is not what exporter/manifest_model.py generates: run "
+        print(f"{schema_file} is not what exporter/manifest_model.py generates: run "
               "python -m efexport.exporter.manifest_schema --write", file=sys.stderr)
         return 1
-    print(f"{_SOURCE_FILE} is current")
+    print(f"{schema_file} is current")
     return 0
 
 

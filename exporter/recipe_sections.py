@@ -12,10 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from efexport.exporter.geometry import final_token_grid
 from efexport.exporter.passes import PASS_NAMES
+from efexport.exporter.precisions import PRECISIONS as PRECISION_AXIS
 from efexport.validate.latency import WindowRule
 
 SUPPORTED_OPSETS = (14, 20)  # LayerNormalization is native from 17; below it is decomposed
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # the precision axis: each target declares which it exports
+PRECISIONS = tuple(PRECISION_AXIS)  # each target declares which of these it exports
 
 
 class Section(BaseModel):

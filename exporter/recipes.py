@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import ValidationError, create_model, model_validator
 
 from efexport.exporter.errors import RecipeError
+from efexport.exporter.precisions import unavailable_reason
 from efexport.exporter.recipe_sections import (
     PRECISIONS,
     ExportSection,
@@ -52,9 +53,9 @@ class RecipeBase(Section):
         for name, other in TARGETS.items():
             if other.recipe_section and (getattr(self, name) is None) == (self.target == name):
                 raise ValueError(f"{name}: a {name} recipe needs a [{name}] table, and only it may have one")
-        if self.precision == "int8":
-            raise ValueError("precision: int8 needs calibration data or a quantized (QDQ) graph, which efexport "
-                             "does not make yet; use fp16, bf16 or fp32")
+        unavailable = unavailable_reason(self.precision)
+        if unavailable:
+            raise ValueError(f"precision: {unavailable}")
         if self.precision not in spec.precisions:
             raise ValueError(f"precision: the {self.target} target exports {', '.join(spec.precisions)}, not "
                              f"{self.precision}")
