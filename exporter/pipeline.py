@@ -1,4 +1,7 @@
-"""The staged export pipeline: load -> fold -> capture -> export -> validate -> benchmark -> package.
+"""The staged export pipeline: load -> fold -> capture -> [precision] -> export -> validate -> benchmark -> package.
+
+The precision stage runs only for a precision that declares one (``efexport.exporter.precisions``: a quantize
+stage for an integer precision); float precisions are applied by the target's converter.
 
 Data flows one way: each stage takes the previous stages' typed results and returns its own. Everything
 is written into a staging directory that becomes the artifact only after the package stage has verified
@@ -21,6 +24,7 @@ from efexport.exporter import interrupts
 from efexport.exporter.errors import EfexportError, ParityError, StageError, UsageError
 from efexport.exporter.manifest import REFERENCE_FILE
 from efexport.exporter.output import check_destination, check_output_root, staged_output, write_failure
+from efexport.exporter.precisions import PRECISIONS
 from efexport.exporter.profiling import PipelineProfiler, format_bytes
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.runtimes import measure_latency, runtime_parity, timed_runtimes
@@ -165,8 +169,12 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
     with reporter.stage("fold", ", ".join(recipe.fold.passes) or "no passes"):
         folded = fold_model(loaded.model, list(recipe.fold.passes), fold_probe(reference.inputs, reference.kinds),
                             max_abs=recipe.fold.max_abs)
-    with reporter.stage("capture", "tracing the folded model"):
+    with reporter.stage("capture", "torch.export of the folded model"):
         captured = capture(folded.model, image_size, loaded.model.cfg.num_classes, recipe.export.dynamic_batch)
+    precision_stage = PRECISIONS[recipe.precision].load_stage()
+    if precision_stage is not None:  # e.g. a quantize stage: the target exports what it returns
+        with reporter.stage("precision", f"{recipe.precision}: {precision_stage.__name__}"):
+            captured = precision_stage(captured, recipe)
 
     with staged_output(final, request.force) as staging:
         with reporter.stage("export", target.describe(recipe)):

@@ -1,0 +1,55 @@
+"""The precision axis (exporter/precisions.py): recipes take its values, a precision that needs a stage it does not
+have is refused by name, and a precision's stage runs between capture and export on the real pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from efexport.exporter import precisions
+from efexport.exporter.errors import ParityError, RecipeError
+from efexport.exporter.pipeline import ExportRequest, StageReporter, run_export
+from efexport.exporter.recipes import Recipe, apply_overrides
+from efexport.exporter.stages.capture import CapturedGraph
+
+
+def test_recipes_take_the_registered_precisions() -> None:
+    field = Recipe.model_fields["precision"]
+    assert set(typing.get_args(field.annotation)) == set(precisions.PRECISIONS)
+
+
+def test_a_precision_without_its_stage_is_refused_by_name(fast_recipe: Recipe) -> None:
+    assert precisions.unavailable_reason("fp16") is None
+    with pytest.raises(RecipeError, match="precision: int8 needs calibration data"):
+        apply_overrides(fast_recipe, {"precision": "int8"})
+
+
+def negated(captured: CapturedGraph, recipe: Recipe) -> CapturedGraph:
+    """A stage that changes what the model computes: whatever follows it must see its graph, not the capture's."""
+    module = captured.program.module()
+
+    class Negate(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return -module(x)
+
+    program = torch.export.export(Negate(), (captured.example,), strict=False)
+    return dataclasses.replace(captured, program=program)
+
+
+def test_a_precision_stage_runs_between_capture_and_export(fast_recipe: Recipe, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    staged = dataclasses.replace(precisions.PRECISIONS["fp32"], stage=f"{__name__}:negated")
+    monkeypatch.setitem(precisions.PRECISIONS, "fp32", staged)
+    reporter = StageReporter(None)
+    request = ExportRequest(variant="l1", weights=None, seed=0, out_dir=tmp_path, recipe=fast_recipe,
+                            recipe_source="onnx.toml")
+    with pytest.raises(ParityError, match="parity gate failed") as failed:
+        run_export(request, reporter)
+    assert failed.value.stage == "validate"  # the exported model is the stage's (negated) graph
+    assert list(reporter.seconds) == ["load", "reference", "fold", "capture", "precision", "export"]
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
