@@ -23,6 +23,7 @@ Conventions, so that the models and the JSON Schema mean the same thing:
 from __future__ import annotations
 
 import math
+import re
 import typing
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Literal, Self
@@ -40,14 +41,22 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from efexport.exporter.models import FAMILIES, family_of
+from efexport.exporter.precisions import PRECISIONS, unavailable_reason
+from efexport.exporter.targets import TARGETS
+
 # The values of these Literals are the manifest's and the latency report's schema ids
 # (exporter.manifest.MANIFEST_SCHEMA, validate.latency.LATENCY_SCHEMA); a test checks they agree.
 ManifestSchemaId = Literal["efexport.manifest/3"]
 LatencySchemaId = Literal["efexport.latency/2"]
 
-Variant = Literal["l1", "l3", "l7"]
-Format = Literal["onnx", "coreml", "tensorrt"]
-Precision = Literal["fp32", "fp16", "bf16"]
+# From the registries: a new family, target or precision changes the generated schema (and the test that keeps
+# the checked-in schema current says so).
+Variant = Literal[tuple(v for entry in FAMILIES for v in entry.variants)]  # type: ignore[valid-type]
+FamilyName = Literal[tuple(dict.fromkeys(entry.display_name for entry in FAMILIES))]  # type: ignore[valid-type]
+FamilyVersion = Literal[tuple(dict.fromkeys(entry.version for entry in FAMILIES))]  # type: ignore[valid-type]
+Format = Literal[tuple(TARGETS)]  # type: ignore[valid-type]
+Precision = Literal[tuple(n for n in PRECISIONS if unavailable_reason(n) is None)]  # type: ignore[valid-type]
 Simplifier = Literal["onnxsim", "onnxslim", "none"]
 
 Absent = SkipJsonSchema[None]  # "may be left out": None in Python, never in the JSON Schema (see _Block)
@@ -130,7 +139,20 @@ class _Closed(_Block):
 
 # --- what the package is -------------------------------------------------------------------------------------
 
-PACKAGE_NAME = r"^efficientformer-(l1|l3|l7)-(onnx|coreml|tensorrt)-(fp32|fp16|bf16)$"
+def _literal(value: str) -> str:
+    """``value`` as a pattern matching itself: registry names are lowercase letters, digits and inner dashes,
+    which need no escaping in any regex dialect (an escaped dash is invalid in ECMA-262 unicode patterns)."""
+    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", value):
+        raise ValueError(f"{value!r}: registry names are lowercase letters, digits and inner dashes")
+    return value
+
+
+def _alternatives(values: tuple[str, ...]) -> str:
+    return "(" + "|".join(_literal(v) for v in values) + ")"
+
+
+PACKAGE_NAME = (f"^{_alternatives(tuple(e.package_name(v) for e in FAMILIES for v in e.variants))}-"
+                f"{_alternatives(typing.get_args(Format))}-{_alternatives(typing.get_args(Precision))}$")
 
 
 class PackageIdentity(_Closed):
@@ -177,8 +199,8 @@ class PublishedFigures(_Closed):
 class ModelFacts(_Block):
     """What the model is: family, variant, its size, and the paper's figures."""
 
-    family: Literal["EfficientFormer"]
-    version: Literal["v1"]
+    family: FamilyName
+    version: FamilyVersion
     variant: Variant
     parameters: PositiveInt = Field(description="Parameters counted in the loaded model.")
     num_classes: PositiveInt
@@ -607,8 +629,12 @@ _MANIFEST_RULES: list[dict[str, Any]] = [
      "if": _when(("weights", "source"), "random-init"), "then": _then((_DEPLOYABLE, {"const": False}))},
     {"$comment": "A TensorRT package without an engine is not deployable.",
      "if": _when(("target", "engine", "built"), False), "then": _then((_DEPLOYABLE, {"const": False}))},
-    *({"$comment": f"package.name is efficientformer-<model.variant>-<target.format>-<target.precision>: {v}.",
-       "if": _when(("model", "variant"), v), "then": _then((_NAME, {"pattern": f"^efficientformer-{v}-"}))}
+    *({"$comment": f"package.name is <family>-<model.variant>-<target.format>-<target.precision>, and the family "
+                   f"is the variant's: {v}.",
+       "if": _when(("model", "variant"), v),
+       "then": _then((_NAME, {"pattern": f"^{_literal(family_of(v).package_name(v))}-"}),
+                     (("model", "family"), {"const": family_of(v).display_name}),
+                     (("model", "version"), {"const": family_of(v).version}))}
       for v in typing.get_args(Variant)),
     *({"$comment": f"The package name, the recipe and the target agree on the format: {f}.",
        "if": _when(("target", "format"), f),
@@ -661,7 +687,11 @@ class ManifestFacts(_Closed):
             problems.append("random-init weights are never deployable")
         if self.package.deployable and isinstance(self.target, TensorRTTarget) and not self.target.engine.built:
             problems.append("a TensorRT package without an engine is not deployable")
-        name = f"efficientformer-{self.model.variant}-{self.target.format}-{self.target.precision}"
+        family = family_of(self.model.variant)
+        if (self.model.family, self.model.version) != (family.display_name, family.version):
+            problems.append(f"model {self.model.family} {self.model.version} is not the family of variant "
+                            f"{self.model.variant} ({family.display_name} {family.version})")
+        name = f"{family.package_name(self.model.variant)}-{self.target.format}-{self.target.precision}"
         if self.package.name != name:
             problems.append(f"package.name {self.package.name!r} is not {name!r} (variant, format, precision)")
         values = self.recipe.values

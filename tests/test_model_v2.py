@@ -419,7 +419,7 @@ def test_random_weights_tell_inputs_apart(s0_pair: tuple[nn.Module, nn.Module]) 
 
 def test_family_declaration_is_consistent() -> None:
     """The registry line the family is meant for loads this FAMILY and agrees with it."""
-    entry = FamilyEntry("efficientformerv2", "EfficientFormerV2", ("s0", "s1", "s2", "l"),
+    entry = FamilyEntry("efficientformerv2", "EfficientFormerV2", "EfficientFormerV2", "v2", ("s0", "s1", "s2", "l"),
                         {f"efficientformerv2_{v}": v for v in ("s0", "s1", "s2", "l")},
                         "efexport.exporter.models.efficientformer_v2_family")
     assert entry.load() is FAMILY

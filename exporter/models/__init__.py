@@ -9,7 +9,7 @@ from __future__ import annotations
 from efexport.exporter.models.family import FamilyEntry, ModelFamily
 
 FAMILIES: tuple[FamilyEntry, ...] = (
-    FamilyEntry("efficientformer", "EfficientFormer V1", ("l1", "l3", "l7"),
+    FamilyEntry("efficientformer", "EfficientFormer V1", "EfficientFormer", "v1", ("l1", "l3", "l7"),
                 {"efficientformer_l1": "l1", "efficientformer_l3": "l3", "efficientformer_l7": "l7"},
                 "efexport.exporter.models.efficientformer_family"),
 )
@@ -19,6 +19,14 @@ def variant_choices() -> tuple[str, ...]:
     """Every name ``--variant`` takes: each family's variants, then the other names users type for them."""
     return tuple(v for entry in FAMILIES for v in entry.variants) + \
         tuple(alias for entry in FAMILIES for alias in entry.aliases)
+
+
+def family_of(variant: str) -> FamilyEntry:
+    """The registered family a canonical variant name belongs to (KeyError if none)."""
+    for entry in FAMILIES:
+        if variant in entry.variants:
+            return entry
+    raise KeyError(variant)
 
 
 def find_variant(name: str) -> tuple[FamilyEntry, str] | None:
@@ -31,4 +39,4 @@ def find_variant(name: str) -> tuple[FamilyEntry, str] | None:
     return None
 
 
-__all__ = ["FAMILIES", "FamilyEntry", "ModelFamily", "find_variant", "variant_choices"]
+__all__ = ["FAMILIES", "FamilyEntry", "ModelFamily", "family_of", "find_variant", "variant_choices"]

@@ -35,6 +35,8 @@ class FamilyEntry:
 
     name: str  # package names are "<name>-<variant>", e.g. efficientformer-l1
     title: str  # for people: "EfficientFormer V1"
+    display_name: str  # the manifest's model.family, e.g. "EfficientFormer"
+    version: str  # the manifest's model.version, e.g. "v1"
     variants: tuple[str, ...]
     aliases: Mapping[str, str]  # other names users type (timm's model names) -> variant
     module: str  # the module whose FAMILY is this family's ModelFamily
@@ -44,7 +46,8 @@ class FamilyEntry:
 
     def load(self) -> ModelFamily:
         family = importlib.import_module(self.module).FAMILY
-        if family.name != self.name or tuple(family.configs) != self.variants:
+        declared = (family.name, family.display_name, family.version, tuple(family.configs))
+        if declared != (self.name, self.display_name, self.version, self.variants):
             raise RuntimeError(f"{self.module}.FAMILY does not match its registry entry {self.name!r}")
         return family
 
