@@ -52,6 +52,7 @@ def test_fp16_package_has_the_promised_interface(fp16_artifact: tuple[Path, dict
     assert spec.description.predictedFeatureName == "classLabel"
     ops = Counter(op.op_type for op in load_program(artifact / "model.mlpackage").functions["main"].operations)
     assert ops["transpose"] == 0 and ops["reshape"] == 1  # the channels-first MB3D form
+    assert manifest["capture"]["method"] == "torch.export"  # converted from the ExportedProgram
     assert ops["classify"] == 1
 
 

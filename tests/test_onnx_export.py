@@ -54,6 +54,7 @@ def test_l1_artifact_contents(l1_artifact: tuple[Path, dict]) -> None:
     assert manifest["weights"] == {"source": "random-init", "seed": 0}
     assert manifest["files"] == file_table(path)
     assert manifest["target"]["opset"] == 17
+    assert manifest["capture"]["method"] == "torch.jit.trace"  # opset 17: below the dynamo exporter's range
     model = onnx.load(path / "model.onnx")
     assert model.opset_import[0].version == 17
     (graph_input,) = model.graph.input
@@ -139,6 +140,8 @@ def test_requested_opset_is_honoured(tmp_path: Path, fast_recipe: Recipe, opset:
                                                 "parity.image_inputs": 1, "fold.passes": passes})
     model = onnx.load(tmp_path / "efficientformer-l1" / "onnx-fp32" / "model.onnx")
     assert model.opset_import[0].version == opset and manifest["parity"]["passed"]
+    # opset 14 needs the TorchScript exporter (on a trace of the capture), opset 20 converts the ExportedProgram
+    assert manifest["capture"]["method"] == ("torch.export" if opset >= 18 else "torch.jit.trace")
     ops = manifest["target"]["op_counts"]
     assert (ops.get("Gelu", 0) == 15) == (opset >= 20)  # one Gelu node per MLP once the opset has the op
 

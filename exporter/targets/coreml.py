@@ -73,17 +73,20 @@ def read_labels(source: str, num_classes: int) -> list[str]:
 
 
 class DeployedClassifier(nn.Module):
-    """The captured model with the input scaling the ImageType leaves to the graph, and a softmax output."""
+    """The captured model with the input scaling the ImageType leaves to the graph, and a softmax output.
 
-    def __init__(self, traced: nn.Module, inverse_std: torch.Tensor | None) -> None:
+    Never switched to train/eval mode: the captured program's module refuses both, and nothing here depends on it.
+    """
+
+    def __init__(self, captured: nn.Module, inverse_std: torch.Tensor | None) -> None:
         super().__init__()
-        self.traced = traced
+        self.captured = captured
         self.register_buffer("inverse_std", None if inverse_std is None else inverse_std.view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.inverse_std is not None:
             x = x * self.inverse_std
-        logits = self.traced(x)
+        logits = self.captured(x)
         return logits, logits.softmax(dim=-1)
 
 
@@ -98,21 +101,29 @@ def _input_type(recipe: Recipe, image_size: int):
 
 
 def convert(captured: CapturedGraph, recipe: Recipe, labels: list[str], precision: str):
-    """Trace the deployed classifier and convert it to an ML Program MLModel (not yet saved)."""
+    """Convert the deployed classifier, from the captured ExportedProgram, to an ML Program MLModel (not yet saved).
+
+    The classifier wraps the captured program's module with the ImageType's per-channel scale and the softmax
+    output, and is exported once more (a fixed batch of 1, as Core ML packages here have) so that coremltools
+    converts one ExportedProgram. Measured on l1/l3/l7 FP16: the same program as converting a TorchScript trace
+    (op counts per type equal, 0 transposes, 1 reshape, the same interpreter outputs).
+    """
     ct = import_coremltools()
 
     image_size = captured.example.shape[-1]
     inverse_std = None if recipe.coreml.input == "tensor" else 1 / torch.tensor(IMAGENET.std)
-    wrapped = DeployedClassifier(captured.module, inverse_std).eval()
+    wrapped = DeployedClassifier(captured.program.module(), inverse_std)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(wrapped, captured.example, check_trace=False)
+        # run_decompositions({}): the inference ATen graph coremltools' frontend takes, with no op decomposed
+        # (conv, linear, layer_norm, gelu stay whole and map to one MIL op each)
+        exported = torch.export.export(wrapped, (captured.example,), strict=False).run_decompositions({})
     target = getattr(ct.target, recipe.coreml.minimum_deployment_target)
     input_type = _input_type(recipe, image_size)
     with quiet_coremltools():
         # Two steps: coremltools cannot attach a classifier to a program with two declared outputs in one call.
         compute_precision = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
-        program = ct.convert(traced, inputs=[input_type], convert_to="milinternal", minimum_deployment_target=target,
+        program = ct.convert(exported, inputs=[input_type], convert_to="milinternal", minimum_deployment_target=target,
                              compute_precision=compute_precision,
                              outputs=[ct.TensorType(name=LOGITS, dtype=np.float32),
                                       ct.TensorType(name=PROBABILITIES)])
