@@ -27,7 +27,7 @@ from efexport.exporter.bench import onnx_recipe, plain_export
 from efexport.exporter.stages.capture import capture
 from efexport.exporter.stages.fold import fold_model, fold_probe
 from efexport.exporter.stages.load import load_model
-from efexport.exporter.targets.onnx import OnnxRunner, export_onnx, op_counts
+from efexport.exporter.targets.onnx.export import OnnxRunner, export_onnx, op_counts
 from efexport.validate.latency import WindowRule, host_fingerprint, measure_interleaved
 from efexport.validate.reference import make_reference_inputs
 

@@ -40,7 +40,7 @@ from efexport.exporter.stages.capture import capture
 from efexport.exporter.stages.fold import fold_model, fold_probe
 from efexport.exporter.stages.load import LoadedModel, load_model
 from efexport.exporter.targets import TARGETS
-from efexport.exporter.targets.onnx import OnnxRunner, export_onnx
+from efexport.exporter.targets.onnx.export import OnnxRunner, export_onnx
 from efexport.exporter.verify import other_runtimes_present
 from efexport.validate.latency import LatencyReport, Measurement, WindowRule, host_fingerprint, measure_interleaved
 from efexport.validate.macs import graph_cost

@@ -267,7 +267,7 @@ class _TargetFacts(_Block):
 
 
 class OnnxTarget(_TargetFacts):
-    """exporter/targets/onnx.py: OnnxTarget.export."""
+    """exporter/targets/onnx/export.py: OnnxTarget.export."""
 
     format: Literal["onnx"]
     precision: Literal["fp32"]
@@ -300,7 +300,7 @@ class CoreMLInterface(_Block):
 
 
 class CoreMLTarget(_TargetFacts):
-    """exporter/targets/coreml.py: CoreMLTarget.export."""
+    """exporter/targets/coreml/convert.py: CoreMLTarget.export."""
 
     format: Literal["coreml"]
     precision: Literal["fp32", "fp16"]
@@ -375,7 +375,7 @@ class TensorRTEngine(_Block):
 
 
 class TensorRTTarget(_TargetFacts):
-    """exporter/targets/tensorrt.py: TensorRTTarget.export (the prepared ONNX, build options, trtexec command,
+    """exporter/targets/tensorrt/prepare.py: TensorRTTarget.export (the prepared ONNX, build options, trtexec command,
     engine facts)."""
 
     format: Literal["tensorrt"]
@@ -540,7 +540,7 @@ class Fp16Activation(_Block):
 
 
 class ReferenceExecution(_Block):
-    """Core ML: the reference interpreter's run (exporter.targets.coreml.MilInterpreterRunner.report): FP16
+    """Core ML: the reference interpreter's run (exporter.targets.coreml.convert.MilInterpreterRunner.report): FP16
     headroom."""
 
     interpreter: NonEmptyStr

@@ -5,11 +5,12 @@
 nothing read from the machine. Every number in the card is one the manifest records; the paper's figures are
 labelled as published, not measured. The card never lists itself in its file table: it cannot hold its own hash.
 
-The card is a Jinja2 template. ``exporter/targets/cards/card.md.j2`` holds the structure every package shares and
+The card is a Jinja2 template. ``exporter/targets/card.md.j2`` holds the structure every package shares and
 names, as blocks, what a target has to say for itself (its name, what the package is, usage, which runtime ran
-the parity gate, its limitations...); ``<format>.md.j2`` beside it extends that base and fills the blocks for the
-target whose ``manifest["target"]["format"]`` is ``<format>``. A new target adds its card by adding its template:
-this module knows no format. A format with no template of its own gets the base template's generic wording.
+the parity gate, its limitations...); each target's ``exporter/targets/<format>/card.md.j2`` (loaded as
+``<format>.md.j2``) extends that base and fills the blocks for the target whose ``manifest["target"]["format"]``
+is ``<format>``. A new target adds its card by adding its template beside its code: this module knows no format.
+A format with no template of its own gets the base template's generic wording.
 
 This module registers, in ``_environment``, the filters and globals the templates share: the formatting helpers
 (how a measured value, a cosine, a latency, a shape, a table cell are written) and the few pieces too fiddly for
@@ -32,9 +33,9 @@ PUBLISHED_LABEL = "published (paper), not measured here"
 
 BASE_TEMPLATE = "card.md.j2"
 TEMPLATE_SUFFIX = ".md.j2"
-# Found through efexport.exporter rather than efexport.exporter.targets: importing the targets package imports
-# every target (torch, coremltools), which writing a card does not need.
-_CARDS: tuple[str, ...] = ("targets", "cards")
+# Found through efexport.exporter's package data (importlib.resources) without importing any target module.
+_TARGETS_FOLDER = "targets"
+_TARGET_CARD = "card.md.j2"  # the file name of a target's card template inside its folder
 
 _MEASURED = {"host_end_to_end": "host end-to-end", "device_compute": "device compute"}
 
@@ -285,19 +286,20 @@ def _versions_table(versions: dict) -> str:
 # ---- the templates --------------------------------------------------------------------------------------------
 
 
-def _cards_folder() -> Traversable:
-    """The folder of card templates, as package data of efexport.exporter."""
-    folder = importlib.resources.files(__package__ or "efexport.exporter")
-    for part in _CARDS:
-        folder = folder.joinpath(part)
-    return folder
+def _targets_folder() -> Traversable:
+    """exporter/targets/, as package data of efexport.exporter."""
+    return importlib.resources.files(__package__ or "efexport.exporter").joinpath(_TARGETS_FOLDER)
 
 
 def _card_template(name: str) -> Traversable | None:
-    """The card template called ``name`` (a plain file name: no folders), or None when there is none."""
-    if "/" in name or "\\" in name or name in ("", ".", ".."):
+    """The card template called ``name``: ``card.md.j2`` (the base) or ``<format>.md.j2`` (that target's
+    ``card.md.j2``), or None when there is none. Plain names only: no folders."""
+    if "/" in name or "\\" in name or name in ("", ".", "..") or not name.endswith(TEMPLATE_SUFFIX):
         return None
-    resource = _cards_folder().joinpath(name)
+    if name == BASE_TEMPLATE:
+        resource = _targets_folder().joinpath(BASE_TEMPLATE)
+    else:
+        resource = _targets_folder().joinpath(name.removesuffix(TEMPLATE_SUFFIX), _TARGET_CARD)
     return resource if resource.is_file() else None
 
 
@@ -313,7 +315,9 @@ class _CardLoader(jinja2.BaseLoader):
 
     def list_templates(self) -> list[str]:
         """Every card template's name."""
-        return sorted(entry.name for entry in _cards_folder().iterdir() if entry.name.endswith(".j2"))
+        targets = [entry.name + TEMPLATE_SUFFIX for entry in _targets_folder().iterdir()
+                   if entry.is_dir() and entry.joinpath(_TARGET_CARD).is_file()]
+        return sorted([BASE_TEMPLATE, *targets])
 
 
 _FILTERS: dict[str, Callable[..., str]] = {

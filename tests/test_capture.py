@@ -20,7 +20,7 @@ from torch.export import ExportedProgram
 
 from efexport.exporter.recipes import default_recipe_path, load_recipe
 from efexport.exporter.stages.capture import EXPORT, TRACE, CapturedGraph, CaptureError, capture
-from efexport.exporter.targets.onnx import DYNAMO_MIN_OPSET, OnnxRunner, export_onnx
+from efexport.exporter.targets.onnx.export import DYNAMO_MIN_OPSET, OnnxRunner, export_onnx
 from tests.helpers import realistic_model, with_passes
 from tests.packages import exported_package
 

@@ -16,7 +16,7 @@ from efexport.exporter.errors import ExitCode, InputSpecError, RecipeError
 from efexport.exporter.manifest import MANIFEST_FILE, sha256_of
 from efexport.exporter.pipeline import TRACE_FILE, ExportRequest, StageReporter, run_export
 from efexport.exporter.recipes import apply_overrides, default_recipe_path, load_recipe
-from efexport.exporter.targets.coreml import read_labels, read_metadata, stable_package_identifiers
+from efexport.exporter.targets.coreml.convert import read_labels, read_metadata, stable_package_identifiers
 from efexport.validate.coreml_io import import_coremltools
 from efexport.validate.mil_interpreter import load_program
 from tests.helpers import run_cli

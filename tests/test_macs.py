@@ -36,7 +36,7 @@ from efexport.exporter.recipes import default_recipe_path, load_recipe
 from efexport.exporter.stages.capture import capture
 from efexport.exporter.stages.fold import count_stored_values, fold_model, fold_probe
 from efexport.exporter.stages.load import load_model
-from efexport.exporter.targets.onnx import export_onnx
+from efexport.exporter.targets.onnx.export import export_onnx
 from efexport.validate.macs import GraphCost, graph_cost
 from efexport.validate.reference import make_reference_inputs
 

@@ -259,18 +259,18 @@ def test_the_card_is_deterministic_and_leaves_the_manifest_alone(real: tuple[str
 
 # ---- the card's templates: one per target, the base for any other format ------------------------------------
 
-CARDS = Path(model_card_module.__file__).parent / "targets" / "cards"
+TARGETS_DIR = Path(model_card_module.__file__).parent / "targets"  # each target's card.md.j2 beside its code
 
 
 def test_every_target_has_its_own_card_template() -> None:
     base = model_card_module._environment().get_template(BASE_TEMPLATE)
     for name in TARGETS:
-        assert (CARDS / f"{name}.md.j2").is_file(), name
+        assert (TARGETS_DIR / name / "card.md.j2").is_file(), name
         assert template_name(name) == f"{name}.md.j2"
         template = model_card_module._environment().get_template(template_name(name))
         assert "usage" in template.blocks, f"{name}.md.j2 does not say how to run its package"
         assert set(template.blocks) <= set(base.blocks), f"{name}.md.j2 fills blocks the base card does not have"
-        source = (CARDS / f"{name}.md.j2").read_text()
+        source = (TARGETS_DIR / name / "card.md.j2").read_text()
         assert source.startswith('{% extends "card.md.j2" %}'), name
 
 
@@ -315,7 +315,7 @@ def test_the_card_module_knows_no_target_format() -> None:
 def test_card_templates_are_looked_up_by_plain_name_only() -> None:
     env = model_card_module._environment()
     assert env.get_template(BASE_TEMPLATE).name == BASE_TEMPLATE
-    for name in ("../model_card.py", "cards/card.md.j2", "missing.md.j2"):
+    for name in ("../model_card.py", "onnx/card.md.j2", "missing.md.j2", "onnx", "__init__.md.j2"):
         with pytest.raises(jinja2.TemplateNotFound):
             env.get_template(name)
     assert template_name("../onnx") == BASE_TEMPLATE

@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from efexport.exporter.targets.onnx_cleanup import constants_to_initializers
+from efexport.exporter.targets.onnx.cleanup import constants_to_initializers
 
 
 def _model_with_constant_weight() -> onnx.ModelProto:

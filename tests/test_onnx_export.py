@@ -16,7 +16,7 @@ from efexport.exporter.manifest import file_table
 from efexport.exporter.pipeline import ExportRequest, StageReporter, run_export
 from efexport.exporter.recipes import Recipe, apply_overrides
 from efexport.exporter.stages.load import load_model
-from efexport.exporter.targets.onnx import read_metadata
+from efexport.exporter.targets.onnx.export import read_metadata
 from efexport.exporter.verify import verify_artifact
 from efexport.validate.reference import ReferenceSet
 from tests.packages import exported_package

@@ -242,7 +242,7 @@ def test_base_install_exports_onnx_with_its_packaged_recipe(installed: Installed
 
     dumps = [json.loads(p.read_text()) for p in probe.glob("*.json")]
     (main,) = [d for d in dumps if Path(d["argv"][0]).name == "efexport"]
-    assert {"efexport.exporter.cli", "efexport.exporter.pipeline", "efexport.exporter.targets.onnx",
+    assert {"efexport.exporter.cli", "efexport.exporter.pipeline", "efexport.exporter.targets.onnx.export",
             "efexport.validate.parity"} <= set(main["modules"])
     site = installed.site_packages.resolve()
     for dump in dumps:

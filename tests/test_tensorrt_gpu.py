@@ -19,8 +19,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from efexport.exporter.targets.tensorrt_api import tensorrt_unavailable_reason
-from efexport.exporter.targets.tensorrt_options import BuildOptions, Profile, nodes_pinned_to_fp32
+from efexport.exporter.targets.tensorrt.api import tensorrt_unavailable_reason
+from efexport.exporter.targets.tensorrt.options import BuildOptions, Profile, nodes_pinned_to_fp32
 from efexport.validate.gpu_timing import (
     cuda_event_times,
     gpu_fingerprint,
@@ -57,7 +57,7 @@ def test_unavailable_reason_is_none_exactly_when_tensorrt_and_cuda_work() -> Non
 
 def test_importing_the_api_module_does_not_import_tensorrt() -> None:
     # a fresh interpreter: other tests (or the reason check above) may have imported tensorrt into this one
-    code = ("import sys; import efexport.exporter.targets.tensorrt_api, efexport.validate.gpu_timing; "
+    code = ("import sys; import efexport.exporter.targets.tensorrt.api, efexport.validate.gpu_timing; "
             "print('tensorrt' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -143,7 +143,7 @@ def l1(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path,
     """EfficientFormer-L1 (seed 0) and its ONNX exports by the project: dynamic batch, and static batch 1."""
     from efexport.exporter.stages.capture import capture
     from efexport.exporter.stages.load import load_model
-    from efexport.exporter.targets.onnx import export_onnx
+    from efexport.exporter.targets.onnx.export import export_onnx
 
     model = load_model(None, "l1", seed=0).model
     out = tmp_path_factory.mktemp("trt")
@@ -165,7 +165,7 @@ def _reference(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
 
 @needs_tensorrt
 def test_fp32_engine_matches_pytorch_and_times_sanely(l1, images: np.ndarray, tmp_path: Path) -> None:
-    from efexport.exporter.targets.tensorrt_api import EngineRunner, build_engine
+    from efexport.exporter.targets.tensorrt.api import EngineRunner, build_engine
 
     model, onnx_path, _ = l1
     cache = tmp_path / "timing.cache"
@@ -197,7 +197,7 @@ def test_fp32_engine_matches_pytorch_and_times_sanely(l1, images: np.ndarray, tm
 
 @needs_tensorrt
 def test_fp16_engine_with_pinned_layers_keeps_cosine(l1, images: np.ndarray, tmp_path: Path) -> None:
-    from efexport.exporter.targets.tensorrt_api import EngineRunner, build_engine
+    from efexport.exporter.targets.tensorrt.api import EngineRunner, build_engine
 
     model, onnx_path, _ = l1
     pinned = nodes_pinned_to_fp32(onnx.load(onnx_path), ("LayerNormalization", "Softmax", "ReduceMean"))
@@ -212,7 +212,7 @@ def test_fp16_engine_with_pinned_layers_keeps_cosine(l1, images: np.ndarray, tmp
 
 @needs_tensorrt
 def test_static_engine_runs_one_image_at_a_time(l1, images: np.ndarray, tmp_path: Path) -> None:
-    from efexport.exporter.targets.tensorrt_api import EngineRunner, build_engine
+    from efexport.exporter.targets.tensorrt.api import EngineRunner, build_engine
 
     model, _, onnx_path = l1
     build_engine(onnx_path, tmp_path / "model.plan", _options("fp32", None), tmp_path / "timing.cache")
@@ -224,7 +224,7 @@ def test_static_engine_runs_one_image_at_a_time(l1, images: np.ndarray, tmp_path
 
 @needs_tensorrt
 def test_options_that_disagree_with_the_onnx_are_refused(l1, tmp_path: Path) -> None:
-    from efexport.exporter.targets.tensorrt_api import build_engine
+    from efexport.exporter.targets.tensorrt.api import build_engine
 
     _, dynamic, static = l1
     with pytest.raises(ValueError, match=r"not in the network.*no_such_layer"):
@@ -237,7 +237,7 @@ def test_options_that_disagree_with_the_onnx_are_refused(l1, tmp_path: Path) -> 
 
 @needs_tensorrt
 def test_parser_errors_name_the_failing_node(tmp_path: Path) -> None:
-    from efexport.exporter.targets.tensorrt_api import build_engine
+    from efexport.exporter.targets.tensorrt.api import build_engine
 
     graph = helper.make_graph(
         [helper.make_node("NoSuchOp", ["image"], ["logits"], name="the_bad_node", domain="com.example")], "bad",

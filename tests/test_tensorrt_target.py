@@ -14,7 +14,8 @@ from onnx import helper
 from efexport.exporter.errors import ExitCode, RecipeError
 from efexport.exporter.manifest import MANIFEST_FILE
 from efexport.exporter.recipes import apply_overrides, default_recipe_path, load_recipe
-from efexport.exporter.targets.tensorrt import (
+from efexport.exporter.targets.tensorrt.options import BuildOptions, Profile, build_script, trtexec_command
+from efexport.exporter.targets.tensorrt.prepare import (
     RECIPE_COPY,
     SCRIPT_FILE,
     SIDECAR_FILE,
@@ -23,7 +24,6 @@ from efexport.exporter.targets.tensorrt import (
     check_ops,
     engine_unavailable_reason,
 )
-from efexport.exporter.targets.tensorrt_options import BuildOptions, Profile, build_script, trtexec_command
 from tests.helpers import run_cli
 
 NO_ENGINE_HERE = engine_unavailable_reason()

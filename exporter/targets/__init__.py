@@ -7,10 +7,10 @@ section, precisions, extra, outcomes; the implementation (export, runners, metad
 
 from __future__ import annotations
 
-from efexport.exporter.targets.coreml_spec import SPEC as COREML
-from efexport.exporter.targets.onnx_spec import SPEC as ONNX
+from efexport.exporter.targets.coreml import SPEC as COREML
+from efexport.exporter.targets.onnx import SPEC as ONNX
 from efexport.exporter.targets.spec import ExitOutcome, TargetOption, TargetSpec
-from efexport.exporter.targets.tensorrt_spec import SPEC as TENSORRT
+from efexport.exporter.targets.tensorrt import SPEC as TENSORRT
 
 TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (ONNX, COREML, TENSORRT)}
 

@@ -5,8 +5,9 @@ A TargetSpec is light (no torch, no converter): the command line builds the targ
 lists are generated from the registry of specs, and ``load()`` imports the implementation (``Target`` in
 ``efexport.exporter.targets.base``: export, runners, metadata) only when an export or a verification needs it.
 
-Adding a target: one module with its spec and implementation, one line in ``efexport.exporter.targets``'
-registry, a recipe in ``recipes/``, its card template in ``exporter/targets/cards/``, tests and docs.
+Adding a target: one subpackage ``exporter/targets/<name>/`` (its spec in ``__init__.py``, its implementation,
+its ``card.md.j2``), one line in ``efexport.exporter.targets``' registry, a recipe in ``recipes/``, tests and
+docs.
 """
 
 from __future__ import annotations

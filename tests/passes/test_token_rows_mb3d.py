@@ -11,7 +11,7 @@ from efexport.exporter.models.efficientformer import TOKEN_ROWS
 from efexport.exporter.passes import ChannelsFirstMB3D, TokenRowsMB3D
 from efexport.exporter.passes.token_rows_mb3d import AttentionOnTokenRows, FlatTokenRows
 from efexport.exporter.stages.capture import capture
-from efexport.exporter.targets.onnx import export_onnx
+from efexport.exporter.targets.onnx.export import export_onnx
 from tests.helpers import error_vs_exact, realistic_model, with_passes
 
 IMAGES = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(15))

@@ -22,8 +22,8 @@ from efexport.exporter.manifest import model_file_entries, sha256_of
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.targets.base import ExportedModel
-from efexport.exporter.targets.onnx import MODEL_FILE, OnnxRunner, export_onnx, set_metadata
-from efexport.exporter.targets.tensorrt_options import (
+from efexport.exporter.targets.onnx.export import MODEL_FILE, OnnxRunner, export_onnx, set_metadata
+from efexport.exporter.targets.tensorrt.options import (
     PLAN_FILE,
     BuildOptions,
     Profile,
@@ -86,7 +86,7 @@ def build_options(recipe: Recipe, model: onnx.ModelProto) -> BuildOptions:
 
 
 def engine_unavailable_reason() -> str | None:
-    from efexport.exporter.targets.tensorrt_api import tensorrt_unavailable_reason
+    from efexport.exporter.targets.tensorrt.api import tensorrt_unavailable_reason
 
     return tensorrt_unavailable_reason()
 
@@ -143,7 +143,7 @@ class TensorRTTarget:
         reason = engine_unavailable_reason()
         if reason:
             return {"built": False, "reason": reason}
-        from efexport.exporter.targets.tensorrt_api import build_engine
+        from efexport.exporter.targets.tensorrt.api import build_engine
 
         facts = build_engine(staging / MODEL_FILE, staging / PLAN_FILE, options, staging / options.timing_cache)
         return {"built": True, "plan_file": PLAN_FILE, "sha256": sha256_of(staging / PLAN_FILE),
@@ -156,7 +156,7 @@ class TensorRTTarget:
         plan = path.parent / PLAN_FILE
         if not plan.exists() or engine_unavailable_reason():  # e.g. verifying a package on a machine without a GPU
             return []
-        from efexport.exporter.targets.tensorrt_engine import TimedEngineRunner
+        from efexport.exporter.targets.tensorrt.engine import TimedEngineRunner
 
         return [TimedEngineRunner(plan, recipe)]
 

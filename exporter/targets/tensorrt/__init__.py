@@ -1,5 +1,10 @@
-"""The TensorRT target, declared: the prepared ONNX, build recipe, build_engine.sh and engine.json everywhere; the
-engine where TensorRT and a CUDA GPU exist (implementation: ``tensorrt.py``, TensorRT API in ``tensorrt_api.py``)."""
+"""The TensorRT target: the prepared ONNX, build recipe, build_engine.sh and engine.json everywhere; the engine
+where TensorRT and a CUDA GPU exist.
+
+This module declares the target (its TargetSpec and its ``[tensorrt]`` recipe section). ``prepare.py`` writes the
+portable half, ``options.py`` the build options and trtexec command as data, ``api.py`` is the only module that
+imports TensorRT, ``engine.py`` runs a built engine, ``card.md.j2`` holds its model-card sections.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pydantic import Field, field_validator
 
 from efexport.exporter.errors import ExitCode
 from efexport.exporter.recipe_sections import Section
-from efexport.exporter.targets.onnx_spec import OPSET
+from efexport.exporter.targets.onnx import OPSET
 from efexport.exporter.targets.spec import ExitOutcome, TargetOption, TargetSpec
 
 
@@ -79,7 +84,7 @@ SPEC = TargetSpec(
     writes="model.onnx (prepared), build_recipe.toml, build_engine.sh, engine.json (+ model.plan with TensorRT)",
     precisions=("fp32", "fp16", "bf16"),
     default_recipe="tensorrt-a100.toml",
-    implementation="efexport.exporter.targets.tensorrt:TensorRTTarget",
+    implementation="efexport.exporter.targets.tensorrt.prepare:TensorRTTarget",
     options=(
         OPSET,
         TargetOption("--batch-profile", "tensorrt.profile", "Batch sizes min,opt,max of the optimization profile "

@@ -1,5 +1,9 @@
-"""The Core ML target, declared: an ML Program package, verified by executing the saved program with efexport's
-reference interpreter off macOS and with Core ML itself on macOS (implementation: ``coreml.py``)."""
+"""The Core ML target: an ML Program package, verified by executing the saved program with efexport's reference
+interpreter off macOS and with Core ML itself on macOS.
+
+This module declares the target (its TargetSpec and its ``[coreml]`` recipe section); ``convert.py`` converts the
+captured graph and holds its runners, ``card.md.j2`` its model-card sections.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ SPEC = TargetSpec(
     writes="model.mlpackage",
     precisions=("fp32", "fp16"),
     default_recipe="coreml.toml",
-    implementation="efexport.exporter.targets.coreml:CoreMLTarget",
+    implementation="efexport.exporter.targets.coreml.convert:CoreMLTarget",
     options=(
         TargetOption("--deployment-target", "coreml.minimum_deployment_target",
                      "Minimum iOS version (recipe default iOS16).", choices=("iOS15", "iOS16", "iOS17", "iOS18")),

@@ -25,7 +25,7 @@ from efexport.exporter.manifest import model_file_entries
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.targets.base import ExportedModel
-from efexport.exporter.targets.onnx_cleanup import constants_to_initializers
+from efexport.exporter.targets.onnx.cleanup import constants_to_initializers
 
 MODEL_FILE = "model.onnx"
 

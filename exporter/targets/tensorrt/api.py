@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from efexport.exporter.targets.tensorrt_options import BuildOptions
+from efexport.exporter.targets.tensorrt.options import BuildOptions
 
 if TYPE_CHECKING:
     import torch

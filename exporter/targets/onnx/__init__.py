@@ -1,4 +1,8 @@
-"""The ONNX target, declared: ONNX Runtime CPU for parity and latency (implementation: ``onnx.py``)."""
+"""The ONNX target: ONNX Runtime CPU for parity and latency.
+
+This module declares the target (its TargetSpec: command options, precisions, recipe); ``export.py`` converts the
+captured graph and runs it, ``cleanup.py`` tidies the graph, ``card.md.j2`` holds its model-card sections.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ SPEC = TargetSpec(
     writes="model.onnx",
     precisions=("fp32",),
     default_recipe="onnx.toml",
-    implementation="efexport.exporter.targets.onnx:OnnxTarget",
+    implementation="efexport.exporter.targets.onnx.export:OnnxTarget",
     options=(OPSET, DYNAMIC_BATCH, SIMPLIFIER, IMAGE_SIZE),
     check_recipe=check_recipe,
 )

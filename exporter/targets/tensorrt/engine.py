@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from efexport.exporter.recipes import Recipe
-from efexport.exporter.targets.tensorrt_api import EngineRunner
+from efexport.exporter.targets.tensorrt.api import EngineRunner
 from efexport.validate.gpu_timing import gpu_fingerprint, gpu_latency_reports
 from efexport.validate.latency import LatencyReport
 
