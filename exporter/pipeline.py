@@ -27,13 +27,14 @@ from efexport.exporter.output import check_destination, check_output_root, stage
 from efexport.exporter.precisions import PRECISIONS
 from efexport.exporter.profiling import PipelineProfiler, format_bytes
 from efexport.exporter.recipes import Recipe
-from efexport.exporter.runtimes import measure_latency, runtime_parity, timed_runtimes
+from efexport.exporter.runtimes import measure_latency, model_digest, runtime_parity, timed_runtimes
 from efexport.exporter.stages.capture import capture
 from efexport.exporter.stages.fold import fold_model, fold_probe
 from efexport.exporter.stages.load import LoadedModel, load_model
 from efexport.exporter.stages.package import build_manifest, package
 from efexport.exporter.targets import TARGETS
 from efexport.exporter.targets.base import Runner, Target
+from efexport.exporter.verify import ValidatedRun
 from efexport.validate.isolated import run_isolated
 from efexport.validate.parity import compare_outputs
 from efexport.validate.reference import ReferenceSet, build_reference_set
@@ -181,8 +182,10 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
             exported = target.export(captured, staging, recipe)
             reference.save(staging / REFERENCE_FILE)
         with reporter.stage("validate", f"{target.name} vs PyTorch on {len(reference.inputs)} inputs"):
+            digest = model_digest(exported.path)  # what the run below computes from (package's verify reuses it)
             outputs, run_report = run_isolated(lambda inputs: _parity_run(target, exported.path, recipe, inputs),
                                                reference.inputs, f"{target.name} parity run")
+            validated = ValidatedRun(digest, reference.inputs, reference.kinds, outputs) if digest else None
             runner = target.open_runner(exported.path, recipe.latency.threads)  # opened here once it proved safe
             parity = compare_outputs(outputs, reference.outputs, reference.kinds,
                                      recipe.tolerances(getattr(runner, "precision", None)))
@@ -206,6 +209,6 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
             extras |= run_report  # e.g. what the Core ML interpreter executed
             manifest = build_manifest(loaded, folded, captured, exported, parity, latency, recipe,
                                       request.recipe_source) | extras
-            manifest = package(staging, manifest, target, exported, recipe.latency.threads)
+            manifest = package(staging, manifest, target, exported, recipe.latency.threads, validated)
     return ExportResult(final, manifest, reporter.seconds,
                         reporter.profiler.to_dict() if reporter.profiler else None)

@@ -19,7 +19,8 @@ Guarantees:
 
 - Only a package that verifies (``exporter.verify``: schema, every file's sha256, parity re-run) and passes the
   publishing gates is published: parity passed on every runtime, trained weights (random-init only with
-  ``allow_random_weights``), a built engine for TensorRT (unless ``allow_no_engine``).
+  ``allow_random_weights``), and what the package's target requires (``TargetSpec.publish_allowance``: a built
+  engine for TensorRT, unless ``allow_no_engine``).
 - A version is immutable: publishing a different package under a published (model, version, target) is refused
   unless ``force``. Publishing the same package again (its directory or its bundle: bundles are reproducible)
   writes nothing and reports "unchanged"; if stored objects were damaged or lost, they are uploaded again
@@ -57,6 +58,7 @@ from efexport.exporter.bundle import CHECKSUM_SUFFIX, bundle_name, check_members
 from efexport.exporter.errors import OutputError, PublishError, PublishRefused, UsageError, VerifyError
 from efexport.exporter.manifest import MANIFEST_FILE, read_manifest, sha256_of
 from efexport.exporter.output import FileContent, check_output_root, write_atomically
+from efexport.exporter.targets import TARGETS
 
 INDEX_KEY = "index.json"
 INDEX_SCHEMA = "efexport.registry-index/1"
@@ -527,8 +529,10 @@ def _plan(bundle: Path, manifest: dict, raw_manifest: bytes, card: bytes | None,
     return _Plan(model, version, target, folder, bundle_object, tuple(objects), entry)
 
 
-def gate_problems(manifest: dict, allow_random_weights: bool = False, allow_no_engine: bool = False) -> list[str]:
-    """Why the manifest's package may not be published (empty: it may): parity, weights, TensorRT engine."""
+def gate_problems(manifest: dict, allow_random_weights: bool = False, **allowed: bool) -> list[str]:
+    """Why the manifest's package may not be published (empty: it may): parity, weights, and what its target
+    declares (``TargetSpec.publish_allowance``: e.g. a TensorRT package without its engine, unless
+    ``allow_no_engine``)."""
     problems = []
     if not manifest.get("parity", {}).get("passed"):
         problems.append("the parity gate did not pass")
@@ -539,11 +543,10 @@ def gate_problems(manifest: dict, allow_random_weights: bool = False, allow_no_e
     if weights.get("source") == "random-init" and not allow_random_weights:
         problems.append(f"random-init weights (seed {weights.get('seed')}): the model computes nothing meaningful; "
                         "pass --allow-random-weights to publish it anyway")
-    target = manifest.get("target", {})
-    engine = target.get("engine") or {}
-    if target.get("format") == "tensorrt" and not engine.get("built") and not allow_no_engine:
-        problems.append(f"no TensorRT engine was built ({engine.get('reason', 'unknown reason')}); pass "
-                        "--allow-no-engine to publish the portable half")
+    spec = TARGETS.get(str((manifest.get("target") or {}).get("format")))
+    allowance = spec.publish_allowance if spec else None
+    if allowance and not allowed.get(allowance.param) and (why := allowance.blocks(manifest)):
+        problems.append(why)
     return problems
 
 
@@ -777,10 +780,10 @@ def _publish_bundle(bundle: Path, store: Store, plan: _Plan, force: bool) -> Pub
 
 
 def publish(source: Path, store: Store, version: str | None = None, *, allow_random_weights: bool = False,
-            allow_no_engine: bool = False, force: bool = False, evidence: Sequence[Path] = (),
-            threads: int = 2) -> PublishResult:
+            force: bool = False, evidence: Sequence[Path] = (), threads: int = 2, **allowed: bool) -> PublishResult:
     """Verify the package (directory or bundle) at ``source``, check the gates, and publish its bundle, model
-    card, manifest and evidence under ``version`` (default: the efexport version that made the package)."""
+    card, manifest and evidence under ``version`` (default: the efexport version that made the package).
+    ``allowed``: the targets' publish allowances that were given, by parameter name (``allow_no_engine``)."""
     source = Path(source)
     if not source.exists():  # refused like any other path that is no package (a directory without one: 10)
         raise PublishRefused(f"{source}: no such package directory or bundle")
@@ -791,7 +794,7 @@ def publish(source: Path, store: Store, version: str | None = None, *, allow_ran
     with tempfile.TemporaryDirectory(prefix="efexport-publish-") as scratch:
         bundle = source if is_bundle(source) else write_bundle(source, Path(scratch)).path
         manifest, raw_manifest, card = _bundle_members(bundle)
-        problems = gate_problems(manifest, allow_random_weights, allow_no_engine)
+        problems = gate_problems(manifest, allow_random_weights, **allowed)
         if problems:
             raise PublishRefused(f"{source}: may not be published: {'; '.join(problems)}")
         plan = _plan(bundle, manifest, raw_manifest, card, version, evidence_files)

@@ -1,6 +1,12 @@
-"""What the pipeline and ``verify`` both do with a runtime: pick the inputs it takes, check its parity, time it."""
+"""What the pipeline and ``verify`` both do with a runtime: pick the inputs it takes, check its parity, time it;
+and tell whether two model files make a runtime compute the same (``model_digest``)."""
 
 from __future__ import annotations
+
+import hashlib
+import mmap
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -49,3 +55,82 @@ def measure_latency(runner: Runner, recipe: Recipe, reference: ReferenceSet) -> 
     if hasattr(runner, "latency_reports"):
         return runner.latency_reports(recipe)
     return [_host_latency(runner, recipe, reference.inputs[accepted_inputs(runner, reference)])]
+
+
+# ``model_digest``: an ONNX file is one protobuf ModelProto. Its metadata_props (field 14) are string pairs that
+# ONNX Runtime reports back (InferenceSession.get_modelmeta); every other field (the graph and its weights,
+# opsets, IR version, functions) is what it computes from. The package stage rewrites the model file only to
+# replace the metadata (onnxsim's record of what it simplified by efexport's facts), so the packaged file and the
+# file the validate stage ran have the same digest exactly when everything but that metadata is byte for byte
+# the same. Only metadata known to be inert is passed over: ONNX Runtime can take session options from a
+# metadata entry (``ort_config``), so a file with any other key has no digest, and is run.
+_METADATA_PROPS = 14  # ModelProto.metadata_props
+_INERT_KEY_PREFIXES = (b"efexport.", b"onnxsim.")  # efexport's facts (metadata_entries); onnxsim's own record
+# A tensor stored outside the file (external data) names its file in an entry with the key "location"
+# (StringStringEntryProto: field 1, length 8): a file without these bytes holds all its weights itself.
+_EXTERNAL_DATA_KEY = b"\x0a\x08location"
+
+
+def _varint(data: mmap.mmap, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while shift < 64:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+    raise ValueError("varint longer than 64 bits")
+
+
+def _fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, start, payload start, end) of each field of the protobuf message in ``data[start:end]``,
+    without decoding the payloads; ValueError on anything that is not well-formed."""
+    pos = start
+    while pos < end:
+        first = pos
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        payload = pos
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            length, payload = _varint(data, pos)
+            pos = payload + length
+        elif wire == 5:
+            pos += 4
+        else:  # groups (3, 4) are not in ONNX; 6 and 7 are not wire types
+            raise ValueError(f"wire type {wire}")
+        if number == 0 or pos > end:
+            raise ValueError("malformed field")
+        yield number, first, payload, pos
+
+
+def model_digest(path: Path) -> str | None:
+    """sha256 of what a runtime computes from an ONNX model file: every top-level field of its ModelProto except
+    its metadata_props, read straight from the file's bytes (no parse, no copy). None when that cannot be said:
+    not an .onnx file, weights in external data, a metadata key that is neither efexport's nor onnxsim's (ONNX
+    Runtime can read session options from metadata), or bytes that are not a well-formed protobuf message."""
+    path = Path(path)
+    if path.suffix != ".onnx" or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data.find(_EXTERNAL_DATA_KEY) != -1:
+                return None
+            with memoryview(data) as view:
+                for number, start, payload, end in _fields(data, 0, len(data)):
+                    if number != _METADATA_PROPS:
+                        digest.update(view[start:end])
+                        continue
+                    keys = [data[p:e] for n, _, p, e in _fields(data, payload, end) if n == 1]
+                    if len(keys) != 1 or not keys[0].startswith(_INERT_KEY_PREFIXES):
+                        return None
+    except (OSError, ValueError):  # ValueError: malformed, or an empty file (mmap cannot map 0 bytes)
+        return None
+    return digest.hexdigest()

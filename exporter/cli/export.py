@@ -16,6 +16,7 @@ from rich.markup import escape
 import efexport.exporter.cli.options as options
 from efexport.exporter import interrupts
 from efexport.exporter.cli.console import fail, json_out, run_guarded, stderr, target_names
+from efexport.exporter.cli.signature import switch, with_options
 from efexport.exporter.cli.tables import profile_table, summary_table, trace_table
 from efexport.exporter.errors import EfexportError, RecipeError, UsageError
 from efexport.exporter.targets import TARGETS, TargetOption, TargetSpec
@@ -219,14 +220,13 @@ def all_command(
     target: options.TargetNames = None,
     recipe: options.Recipes = None,
     bundle_dir: options.BundleDir = None,
-    require_engine: Annotated[bool, typer.Option("--require-engine", help="TensorRT: fail (exit 9) when no engine "
-                                                 "can be built here.")] = False,
     no_pass: options.NoPass = None,
     force: options.Force = False,
     profile: options.Profile = False,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
     targets: options.DeprecatedTargets = None,
+    **switches: bool,
 ) -> None:
     """Export one variant to every target (or each --target), one after another; a failing target does not stop
     the others. Exit 0 when every target wrote a verified package (a TensorRT package without an engine counts,
@@ -248,7 +248,8 @@ def all_command(
     shared = SharedInputs()  # the model is loaded, and its reference outputs computed, once for all targets
     try:
         for name in names:
-            overrides = {"tensorrt.require_engine": True} if name == "tensorrt" and require_engine else {}
+            overrides = {option.recipe_key: True for option in TARGETS[name].options
+                         if option.in_all and switches.get(option.param)}
             rows.append(_export_one(TARGETS[name], recipes.get(name), overrides, no_pass, options.plain(variant),
                                     weights, seed,
                                     out, force, console, bundle_dir, profile, shared))
@@ -272,3 +273,11 @@ def all_command(
             console.print(profile_table(profiles))
     if failed:
         raise typer.Exit(failed[0]["exit_code"])
+
+
+def _all_switches() -> list[TargetOption]:
+    """The targets' switches that ``efexport all`` offers (TargetOption.in_all), each applied to its target."""
+    return [option for spec in TARGETS.values() for option in spec.options if option.in_all]
+
+
+all_command = with_options(all_command, [switch(o.param, o.flag, o.help) for o in _all_switches()])

@@ -10,7 +10,9 @@ from rich.markup import escape
 
 import efexport.exporter.cli.options as options
 from efexport.exporter.cli.console import json_out, run_guarded, stderr
+from efexport.exporter.cli.signature import switch, with_options
 from efexport.exporter.cli.tables import latency_comparison_table
+from efexport.exporter.targets import TARGETS
 
 
 def publish_command(
@@ -29,13 +31,12 @@ def publish_command(
                                                         show_default=False)] = None,
     allow_random_weights: Annotated[bool, typer.Option("--allow-random-weights", help="Publish a package with "
                                                        "random-init weights (refused otherwise).")] = False,
-    allow_no_engine: Annotated[bool, typer.Option("--allow-no-engine", help="Publish a TensorRT package whose "
-                                                  "engine was not built (refused otherwise).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a different package already published under "
                                         "this version.")] = False,
     threads: options.Threads = 2,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
+    **allowed: bool,
 ) -> None:
     """Verify a package and publish it to a registry: bundle, manifest, model card and evidence under
     MODEL/VERSION/TARGET/SHA256-PREFIX/, listed in index.json once every upload is read back and matches.
@@ -48,8 +49,8 @@ def publish_command(
 
     def work() -> Any:
         store = open_store(to, endpoint_url)
-        return publish(path, store, version, allow_random_weights=allow_random_weights,
-                       allow_no_engine=allow_no_engine, force=force, evidence=evidence or (), threads=threads)
+        return publish(path, store, version, allow_random_weights=allow_random_weights, force=force,
+                       evidence=evidence or (), threads=threads, **allowed)
 
     result = run_guarded(as_json, work)
     console = stderr(quiet)
@@ -60,3 +61,8 @@ def publish_command(
                       f"{escape(result.destination)} (sha256 {result.sha256[:12]})", highlight=False)
         if result.latency_comparison:
             console.print(latency_comparison_table(list(result.latency_comparison)))
+
+
+publish_command = with_options(publish_command, [
+    switch(spec.publish_allowance.param, spec.publish_allowance.flag, spec.publish_allowance.help)
+    for spec in TARGETS.values() if spec.publish_allowance])

@@ -95,6 +95,17 @@ def traced_op_counts(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return traced_run(model, example)[1]
 
 
+def exact_outputs(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The model evaluated exactly, in float64 (eval mode), on ``inputs``: its floating-point weights converted
+    and swapped in for the call, so the module itself is neither copied nor changed (a deep copy before
+    ``.double()`` gave the same outputs, bit for bit, for a copy of every weight more)."""
+    if model.training:  # the exact reference is the model in eval mode; a training-mode model is copied to get it
+        model = copy.deepcopy(model).eval()
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    state = {name: tensor.double() if tensor.is_floating_point() else tensor for name, tensor in tensors}
+    return torch.func.functional_call(model, state, (inputs.double(),))
+
+
 def fold_probe(inputs: np.ndarray, kinds: tuple[str, ...]) -> np.ndarray:
     """The first reference input of each kind (noise, image): what every fold pass is checked on."""
     return inputs[[kinds.index(kind) for kind in dict.fromkeys(kinds)]]
@@ -104,7 +115,7 @@ def fold_probe(inputs: np.ndarray, kinds: tuple[str, ...]) -> np.ndarray:
 def fold_model(model: nn.Module, pass_names: list[str], probe_inputs: np.ndarray, max_abs: float) -> FoldedModel:
     """Apply passes in order to a deep copy; a pass whose result drifts past the gate stops the pipeline."""
     probe = torch.from_numpy(probe_inputs)
-    exact = copy.deepcopy(model).eval().double()(probe.double())
+    exact = exact_outputs(model, probe)
     folded = copy.deepcopy(model).eval()
     unfolded, initial_ops = traced_run(folded, probe)  # one forward gives the outputs and the op counts
     noise_floor = float((unfolded.double() - exact).abs().max())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from efexport.exporter.errors import VerifyError
 from efexport.exporter.manifest import (
@@ -15,6 +17,7 @@ from efexport.exporter.manifest import (
     write_manifest,
 )
 from efexport.exporter.manifest_model import (
+    CaptureFacts,
     FoldReport,
     LatencyEntry,
     ManifestFacts,
@@ -36,9 +39,13 @@ from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.stages.fold import FoldedModel
 from efexport.exporter.stages.load import LoadedModel
+from efexport.exporter.targets import TARGETS
 from efexport.exporter.targets.base import ExportedModel, Target
 from efexport.validate.latency import LatencyReport
 from efexport.validate.parity import ParityReport
+
+if TYPE_CHECKING:
+    from efexport.exporter.verify import ValidatedRun
 
 
 def package_identity(model_name: str, target_facts: dict, random_init: bool) -> dict:
@@ -46,9 +53,9 @@ def package_identity(model_name: str, target_facts: dict, random_init: bool) -> 
     reasons = []
     if random_init:
         reasons.append("random-init weights: the model computes nothing meaningful")
-    engine = target_facts.get("engine")
-    if engine is not None and not engine.get("built"):
-        reasons.append(f"no TensorRT engine was built ({engine.get('reason', 'unknown reason')})")
+    spec = TARGETS[target_facts["format"]]
+    if spec.not_deployable:
+        reasons += spec.not_deployable(target_facts)
     name = f"{model_name}-{target_facts['format']}-{target_facts['precision']}"
     return {"name": name, "deployable": not reasons, "not_deployable_because": reasons}
 
@@ -86,24 +93,34 @@ def build_manifest(loaded: LoadedModel, folded: FoldedModel, captured: CapturedG
         parity=ParityGate.model_validate(parity.to_dict() | {
             "reference_file": REFERENCE_FILE, "compared_against": "unfolded PyTorch model (eval, float32)"}),
         latency=[LatencyEntry.model_validate(report.to_dict()) for report in latency],
+        capture=CaptureFacts.model_validate(captured.describe()),  # after export: a target may have traced
         versions=ToolVersions.model_validate(tool_versions()),
         recipe=RecipeFacts.model_validate(recipe_facts(recipe, recipe_source)),
     )
     return dump_manifest(manifest)
 
 
-def package(staging: Path, manifest: dict, target: Target, exported: ExportedModel, threads: int) -> dict:
+def package(staging: Path, manifest: dict, target: Target, exported: ExportedModel, threads: int,
+            validated: ValidatedRun | None = None) -> dict:
     """Embed the metadata, write the model card, hash every file, write manifest.json (checked against its
-    schema), then verify the directory as a user would."""
+    schema), then verify the directory as a user would.
+
+    Each file is hashed once here, after its last write (the card from the bytes written), and once more by the
+    verification, which compares the files on disk with the manifest. ``validated`` (the validate stage's
+    parity run) spares the verification a second run of the model when the packaged file computes what the
+    validated one did (``verify.ValidatedRun``); a model file changed since then in anything but efexport's
+    metadata is run again."""
     from efexport.exporter.verify import verify_artifact
 
     target.embed_metadata(exported.path, metadata_entries(manifest))
-    card = model_card(manifest | {"files": file_table(staging)})  # lists every file but itself
-    (staging / CARD_FILE).write_text(card)
-    manifest = manifest | {"files": file_table(staging)}
+    files = file_table(staging)  # every file but the card (not written yet) and the manifest
+    card = model_card(manifest | {"files": files}).encode()  # lists every file but itself
+    (staging / CARD_FILE).write_bytes(card)
+    files[CARD_FILE] = {"sha256": hashlib.sha256(card).hexdigest(), "bytes": len(card)}
+    manifest = manifest | {"files": dict(sorted(files.items(), key=lambda item: PurePosixPath(item[0])))}
     check_manifest(manifest, "the manifest written by this export")
     write_manifest(staging, manifest)
-    check = verify_artifact(staging, threads)
+    check = verify_artifact(staging, threads, validated=validated)
     if not check.passed:
         raise VerifyError("the packaged artifact failed its own verification: " + "; ".join(check.problems))
     return manifest

@@ -39,6 +39,7 @@ class TargetOption:
     kind: type = str
     choices: tuple[str, ...] = ()
     parse: Callable[[str], Any] | None = None
+    in_all: bool = False  # a switch that `efexport all` offers too, applied to this target only
 
     @property
     def param(self) -> str:
@@ -53,6 +54,19 @@ class ExitOutcome:
     status: str  # in --json, instead of "ok"
     exit_code: int
     message: str  # one line for the console
+
+
+@dataclass(frozen=True)
+class PublishAllowance:
+    """A publish flag that lets a target's not-deployable package through, e.g. TensorRT's portable half."""
+
+    flag: str  # "--allow-no-engine"
+    help: str
+    blocks: Callable[[dict], str | None]  # manifest -> why it is refused without the flag (None: it is not)
+
+    @property
+    def param(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,8 @@ class TargetSpec:
     requires: tuple[str, ...] = ()  # modules that extra provides, checked before an export starts
     traceable: bool = False  # its parity runner can trace every op (--trace)
     outcome: Callable[[dict], ExitOutcome | None] | None = None  # a manifest that is not a plain success
+    not_deployable: Callable[[dict], list[str]] | None = None  # target facts -> why the package is not deployable
+    publish_allowance: PublishAllowance | None = None  # the flag that publishes it anyway, and when it is needed
     make_ok_exits: tuple[int, ...] = ()  # exit codes `make` accepts from its export (documented outcomes)
     ci_runner: str = "linux"  # which publish-workflow runner builds it: linux, macos or gpu
 

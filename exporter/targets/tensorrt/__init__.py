@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from efexport.exporter.errors import ExitCode
 from efexport.exporter.recipe_sections import Section
 from efexport.exporter.targets.onnx import OPSET
-from efexport.exporter.targets.spec import ExitOutcome, TargetOption, TargetSpec
+from efexport.exporter.targets.spec import ExitOutcome, PublishAllowance, TargetOption, TargetSpec
 
 
 class TensorRTSection(Section):
@@ -64,6 +64,20 @@ def parse_batch_profile(text: str) -> list[int]:
         raise ValueError(f"--batch-profile {text}: give three batch sizes, e.g. 1,8,64") from None
 
 
+def not_deployable(target_facts: dict) -> list[str]:
+    """A package without its engine is the portable half: not deployable as it is."""
+    engine = target_facts.get("engine") or {}
+    if engine.get("built", True):
+        return []
+    return [f"no TensorRT engine was built ({engine.get('reason', 'unknown reason')})"]
+
+
+def needs_allowance(manifest: dict) -> str | None:
+    """Why publishing the package needs --allow-no-engine (None: it has its engine)."""
+    reasons = not_deployable(manifest.get("target") or {})
+    return f"{reasons[0]}; pass --allow-no-engine to publish the portable half" if reasons else None
+
+
 def outcome(manifest: dict) -> ExitOutcome | None:
     """The portable half written without an engine: exit 8, with the reason."""
     engine = manifest["target"].get("engine") or {}
@@ -92,13 +106,17 @@ SPEC = TargetSpec(
         TargetOption("--workspace-mib", "tensorrt.workspace_mib", "Builder workspace limit in MiB.", int),
         TargetOption("--optimization-level", "tensorrt.optimization_level", "Builder optimisation level 0-5 "
                      "(recipe default 3).", int),
-        TargetOption("--require-engine", "tensorrt.require_engine", "Fail (exit 9, nothing written) when no engine "
-                     "can be built here, instead of writing the portable half and exiting 8.", bool),
+        TargetOption("--require-engine", "tensorrt.require_engine", "TensorRT: fail (exit 9, nothing written) when no "
+                     "engine can be built here, instead of writing the portable half and exiting 8.", bool,
+                     in_all=True),
     ),
     recipe_section=TensorRTSection,
     check_recipe=check_recipe,
     extra="tensorrt",  # only the engine build needs it: the portable half is written without
     outcome=outcome,
+    not_deployable=not_deployable,
+    publish_allowance=PublishAllowance("--allow-no-engine", "Publish a TensorRT package whose engine was not built "
+                                                            "(refused otherwise).", needs_allowance),
     make_ok_exits=(int(ExitCode.NO_ENGINE),),
     ci_runner="gpu",
 )
