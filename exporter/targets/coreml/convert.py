@@ -323,5 +323,5 @@ def _metadata_facts(entries: dict[str, str]) -> dict[str, str]:
     source = "random-init weights, not for deployment" if weights.get("source") != "checkpoint" else "checkpoint"
     return {"author": recipe["coreml"]["author"], "license": recipe["coreml"]["license"],
             "version": recipe["coreml"]["version"],
-            "description": f"EfficientFormer-{model['variant']} ImageNet-1k classifier ({recipe['precision']}, "
+            "description": f"{model['family']}-{model['variant']} ImageNet-1k classifier ({recipe['precision']}, "
                            f"{source}); exported and verified by efexport"}
