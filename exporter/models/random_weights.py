@@ -15,7 +15,8 @@ from efexport.exporter.models.efficientformer import Attention, EfficientFormer,
 from efexport.exporter.synthetic import normalised_images
 
 
-def _fan_in_normal(weight: torch.Tensor, gen: torch.Generator, gain: float) -> None:
+def fan_in_normal(weight: torch.Tensor, gen: torch.Generator, gain: float) -> None:
+    """Weights at fan-in scale (He-style with ``gain``), deterministic through ``gen``; shared by every family."""
     fan_in = weight[0].numel()
     weight.normal_(0.0, gain / fan_in**0.5, generator=gen)
 
@@ -30,7 +31,7 @@ def randomize_realistically(model: EfficientFormer, seed: int) -> EfficientForme
 
     for module in model.modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
-            _fan_in_normal(module.weight, gen, gain=2.0**0.5)
+            fan_in_normal(module.weight, gen, gain=2.0**0.5)
             if module.bias is not None:
                 module.bias.normal_(0.0, 0.05, generator=gen)
         elif isinstance(module, nn.BatchNorm2d | nn.LayerNorm):
@@ -72,7 +73,7 @@ def _center_classifier(model: EfficientFormer, images: torch.Tensor, gen: torch.
     pooled = model.forward_features(images).mean(dim=1)
     centred = pooled - pooled.mean(dim=0)
     for head in (model.head, model.head_dist):
-        _fan_in_normal(head.weight, gen, gain=1.0)
+        fan_in_normal(head.weight, gen, gain=1.0)
         head.weight.mul_(2.0 / (centred @ head.weight.T).std())
         head.bias.copy_(-head.weight @ pooled.mean(dim=0))
         head.bias.add_(torch.randn(head.bias.shape, generator=gen) * 0.1)

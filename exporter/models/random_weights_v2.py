@@ -18,12 +18,8 @@ from efexport.exporter.models.efficientformer_v2 import (
     EfficientFormerV2,
     LayerScale,
 )
+from efexport.exporter.models.random_weights import fan_in_normal
 from efexport.exporter.synthetic import normalised_images
-
-
-def _fan_in_normal(weight: torch.Tensor, gen: torch.Generator, gain: float) -> None:
-    fan_in = weight[0].numel()
-    weight.normal_(0.0, gain / fan_in**0.5, generator=gen)
 
 
 @torch.no_grad()
@@ -36,7 +32,7 @@ def randomize_realistically(model: EfficientFormerV2, seed: int) -> EfficientFor
 
     for module in model.modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
-            _fan_in_normal(module.weight, gen, gain=2.0**0.5)
+            fan_in_normal(module.weight, gen, gain=2.0**0.5)
             if module.bias is not None:
                 module.bias.normal_(0.0, 0.05, generator=gen)
         elif isinstance(module, nn.BatchNorm2d):
@@ -79,7 +75,7 @@ def _center_classifier(model: EfficientFormerV2, images: torch.Tensor, gen: torc
     centred = pooled - pooled.mean(dim=0)
     heads = [model.head] + ([model.head_dist] if model.head_dist is not None else [])
     for head in heads:
-        _fan_in_normal(head.weight, gen, gain=1.0)
+        fan_in_normal(head.weight, gen, gain=1.0)
         head.weight.mul_(2.0 / (centred @ head.weight.T).std())
         head.bias.copy_(-head.weight @ pooled.mean(dim=0))
         head.bias.add_(torch.randn(head.bias.shape, generator=gen) * 0.1)
