@@ -9,7 +9,9 @@ failed, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 1 internal error).
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -45,7 +47,15 @@ app.command("targets")(targets_command)
 app.command("publish")(publish_command)
 
 
+def _keep_torch_caches_out_of_tmp() -> None:
+    """torch.export creates an inductor cache folder under TMPDIR, which an interrupted or failed export would
+    leave behind; give it the user's cache folder instead (unless the user chose one)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "efexport" / "torchinductor"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+
+
 def main() -> None:
+    _keep_torch_caches_out_of_tmp()
     interrupts.install()  # SIGTERM unwinds like Ctrl-C, so staging directories are removed on the way out
     try:
         app()
