@@ -170,7 +170,7 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
     with reporter.stage("fold", ", ".join(recipe.fold.passes) or "no passes"):
         folded = fold_model(loaded.model, list(recipe.fold.passes), fold_probe(reference.inputs, reference.kinds),
                             max_abs=recipe.fold.max_abs)
-    with reporter.stage("capture", "torch.export of the folded model"):
+    with reporter.stage("capture", "the folded model's graph (torch.export, made when a target or stage asks)"):
         captured = capture(folded.model, image_size, loaded.model.cfg.num_classes, recipe.export.dynamic_batch)
     precision_stage = PRECISIONS[recipe.precision].load_stage()
     if precision_stage is not None:  # e.g. a quantize stage: the target exports what it returns

@@ -2,13 +2,13 @@
 
 Checked here: the capture is an ExportedProgram that computes what the eager folded model computes; a dynamic
 batch is really dynamic (and a static one really static); a capture that bakes Python state into the graph is
-refused; the ONNX target converts the ExportedProgram with the dynamo exporter from opset 18 and a TorchScript
-trace of it, made only then, below 18; and the manifest of each target's package records the method.
+refused; the program is made only when something asks for it; the ONNX target converts the ExportedProgram with
+the dynamo exporter from opset 18, and a TorchScript trace below 18 (of the program when one exists, else of
+the eager folded model); and the manifest of each target's package records the method.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ def test_capture_is_an_exported_program_that_matches_eager(folded_l1: nn.Module)
     captured = capture(folded_l1, 224, 1000, dynamic_batch=False)
     assert isinstance(captured.program, ExportedProgram)
     assert captured.method == EXPORT and "reason" not in captured.describe()  # no trace made at capture
+    assert "max abs 0 " in captured.describe()["exported_program"]
     assert captured.inputs[0].shape == (1, 3, 224, 224) and captured.outputs[0].shape == (1, 1000)
     x = images(1, seed=7)  # not the example the capture was checked on
     expected = folded_l1(x)
@@ -81,7 +82,7 @@ class ExportOnlyPath(nn.Module):
 
 def test_a_capture_that_differs_from_its_model_is_refused() -> None:
     with pytest.raises(CaptureError, match="differs from the model it captured"):
-        capture(ExportOnlyPath(), 224, 1000, dynamic_batch=False)
+        _ = capture(ExportOnlyPath(), 224, 1000, dynamic_batch=False).program
 
 
 class TinyHead(nn.Module):
@@ -101,11 +102,24 @@ def test_a_replaced_program_is_traced_afresh() -> None:
     for must be of the new program, never one made of the old."""
     captured = capture(TinyHead(), 224, 10, dynamic_batch=False)
     original = captured.traced("opset 17")(captured.example)
-    assert captured.method == TRACE
+    assert captured.method == TRACE and "eager folded model" in captured.describe()["trace"]
     negated = torch.export.export(Negate(captured.program.module()), (captured.example,), strict=False)
-    replaced = dataclasses.replace(captured, program=negated)
+    replaced = captured.with_program(negated)
     assert replaced.method == EXPORT and "reason" not in replaced.describe()
     assert torch.equal(replaced.traced("opset 17")(captured.example), -original)
+    assert "captured program" in replaced.describe()["trace"]
+    assert replaced.describe()["exported_program"].endswith("a stage's rewrite of the capture")
+
+
+@torch.no_grad()
+def test_the_program_is_made_only_when_asked_for() -> None:
+    """A target that converts a trace (ONNX below opset 18) does not pay for torch.export; the first one that
+    wants the program gets it, checked, and the manifest then says so."""
+    captured = capture(TinyHead(), 224, 10, dynamic_batch=True)
+    assert captured._program is None and "exported_program" not in captured.describe()
+    program = captured.program
+    assert captured.program is program  # made once
+    assert captured.describe()["exported_program"].startswith("torch.export.export (non-strict), batch dynamic")
 
 
 class Negate(nn.Module):
@@ -142,10 +156,12 @@ def test_onnx_path_follows_the_opset(folded_l1: nn.Module, dynamic_capture: Capt
 @pytest.mark.parametrize(("target", "method"), [("onnx", TRACE), ("tensorrt", TRACE), ("coreml", EXPORT)])
 def test_manifest_records_the_capture_method(tmp_path_factory: pytest.TempPathFactory, target: str,
                                              method: str) -> None:
-    """The shipped recipes: ONNX and TensorRT at opset 17 (a trace of the captured program), Core ML from the
-    ExportedProgram."""
+    """The shipped recipes: ONNX and TensorRT at opset 17 (a trace of the eager folded model, no ExportedProgram
+    made), Core ML from the ExportedProgram."""
     _, manifest = exported_package(target, tmp_path_factory)
     facts = manifest["capture"]
     assert facts["method"] == method and facts["torch_version"] == torch.__version__
-    assert "max abs 0 " in facts["exported_program"]  # measured bit-identical to the eager folded model
+    converted_from = "trace" if method == TRACE else "exported_program"
+    assert "max abs 0 " in facts[converted_from]  # measured bit-identical to the eager folded model
     assert ("reason" in facts) == (method == TRACE)
+    assert ("exported_program" in facts) == (method == EXPORT)  # no torch.export for a trace's sake

@@ -38,7 +38,7 @@ def negated(captured: CapturedGraph, recipe: Recipe) -> CapturedGraph:
             return -module(x)
 
     program = torch.export.export(Negate(), (captured.example,), strict=False)
-    return dataclasses.replace(captured, program=program)
+    return captured.with_program(program)
 
 
 def test_a_precision_stage_runs_between_capture_and_export(fast_recipe: Recipe, tmp_path: Path,
