@@ -500,14 +500,22 @@ def test_non_finite_values_are_refused(bad: float, key: str, reference: Referenc
     assert key in message
 
 
-def test_v2_key_in_v1_dict_says_efficientformer_v2(reference: Reference, tmp_path: Path) -> None:
+def test_v2_key_in_v1_dict_is_read_as_v2_and_refused_naming_the_mismatch(reference: Reference,
+                                                                         tmp_path: Path) -> None:
+    """A V1 state dict with one key only V2 has is not V1 any more: V2's detection claims it, and loading it
+    fails naming the family and the first mismatched keys (not a silent V1 load that drops the key)."""
     state = upstream_state_dict(reference("l1")[0])
     state["network.0.0.mlp.mid.weight"] = torch.zeros(192, 1, 3, 3)
-    assert "EfficientFormerV2" in _read_error(_save({"model": state}, tmp_path / "v2ish.pth"))
+    ckpt = read_checkpoint(_save({"model": state}, tmp_path / "v2ish.pth"))
+    assert ckpt.family.name == "efficientformerv2"
+    with pytest.raises(CheckpointError) as info:
+        load_into_model(ckpt, None)
+    assert "EfficientFormerV2" in str(info.value) and "matches no EfficientFormerV2 variant" in str(info.value)
+    assert "closest is s0" in str(info.value) and "shape of stem.conv1.bn" in str(info.value)
 
 
 @pytest.mark.parametrize("fmt", ["pth", "safetensors"])
-def test_real_v2_layout_says_efficientformer_v2(fmt: str, tmp_path: Path) -> None:
+def test_real_v2_layout_is_read_as_efficientformer_v2(fmt: str, tmp_path: Path) -> None:
     keys = json.loads((STATE_DICTS / "v2-s0.json").read_text())["keys"]
     state = {k: torch.zeros(shape, dtype=getattr(torch, dtype)) for k, (shape, dtype) in keys.items()}
     path = tmp_path / f"efficientformerv2_s0.{fmt}"
@@ -515,9 +523,11 @@ def test_real_v2_layout_says_efficientformer_v2(fmt: str, tmp_path: Path) -> Non
         save_file(state, str(path))
     else:
         torch.save({"model": state}, path)
-    message = _read_error(path)
-    assert "EfficientFormerV2" in message
-    assert "l1, l3, l7" in message
+    ckpt = read_checkpoint(path)
+    assert (ckpt.family.name, ckpt.layout) == ("efficientformerv2", "upstream")
+    assert detect_layout(list(keys)) is None  # V1's detection does not claim it
+    # upstream's (C, 1, 1) layer scales arrive as the native (C,)
+    assert all(v.dim() == 1 for k, v in ckpt.state_dict.items() if k.endswith((".ls1.gamma", ".ls2.gamma")))
 
 
 # ---------------------------------------------------------------------------------- attention_bias_idxs

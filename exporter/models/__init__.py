@@ -12,6 +12,10 @@ FAMILIES: tuple[FamilyEntry, ...] = (
     FamilyEntry("efficientformer", "EfficientFormer V1", "EfficientFormer", "v1", ("l1", "l3", "l7"),
                 {"efficientformer_l1": "l1", "efficientformer_l3": "l3", "efficientformer_l7": "l7"},
                 "efexport.exporter.models.efficientformer_family"),
+    FamilyEntry("efficientformerv2", "EfficientFormerV2", "EfficientFormerV2", "v2", ("s0", "s1", "s2", "l"),
+                {"efficientformerv2_s0": "s0", "efficientformerv2_s1": "s1", "efficientformerv2_s2": "s2",
+                 "efficientformerv2_l": "l"},
+                "efexport.exporter.models.efficientformer_v2_family"),
 )
 
 

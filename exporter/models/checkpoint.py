@@ -23,7 +23,6 @@ from efexport.exporter.errors import CheckpointError
 from efexport.exporter.manifest import sha256_of
 from efexport.exporter.models import FAMILIES
 from efexport.exporter.models.family import ModelFamily
-from efexport.exporter.models.layouts import looks_like_efficientformer_v2
 
 # Classes an upstream training checkpoint holds besides tensors. Unpickling them only builds plain
 # objects (no code of the checkpoint's choosing runs), so they may be allowlisted for weights_only.
@@ -163,19 +162,22 @@ def read_checkpoint(path: Path, families: Sequence[ModelFamily] | None = None) -
     if odd:
         raise CheckpointError(f"{path}: not plain dense weights: {'; '.join(odd[:_MAX_LISTED])}")
     keys = list(state)
-    if looks_like_efficientformer_v2(keys):
-        raise CheckpointError(
-            f"{path}: this is an EfficientFormerV2 checkpoint (depthwise FFN and talking-head attention keys); "
-            "efexport supports EfficientFormer V1 (l1, l3, l7) so far"
-        )
-    for family in families:
-        layout = family.detect_layout(keys)
-        if layout is not None:
-            native = _renamed(state, family.layouts[layout], path)
-            return Checkpoint(path, sha256_of(path), file_format, layout, native, family)
+    claims = [(family, layout) for family in families if (layout := family.detect_layout(keys)) is not None]
+    if len(claims) > 1:  # each family's detection excludes the others' signature keys; a mix matches several
+        raise CheckpointError(f"{path}: the keys fit more than one family ("
+                              f"{', '.join(f'{f.title} {layout}' for f, layout in claims)});"
+                              " the checkpoint mixes architectures")
+    if claims:
+        family, layout = claims[0]
+        native = _renamed(state, family.layouts[layout], path)
+        if family.native_value is not None:
+            native = {key: family.native_value(key, value) for key, value in native.items()}
+        return Checkpoint(path, sha256_of(path), file_format, layout, native, family)
     raise CheckpointError(
         f"{path}: not an EfficientFormer checkpoint: none of the upstream (patch_embed.*, network.*) or "
-        f"timm (stem.*, stages.*) keys are there; first keys: {', '.join(map(_shown, keys[:_MAX_LISTED]))}"
+        f"timm (stem.*, stages.*) keys of any registered family ("
+        f"{', '.join(f.title for f in families)}) are there; first keys: "
+        f"{', '.join(map(_shown, keys[:_MAX_LISTED]))}"
     )
 
 
@@ -215,7 +217,7 @@ def _check_derived_and_finite(ckpt: Checkpoint, model: torch.nn.Module) -> None:
     own = dict(model.named_buffers())
     for key, value in derived.items():
         if key in own and not torch.equal(value.to(own[key].dtype), own[key]):
-            raise CheckpointError(f"{ckpt.path}: {key} differs from the 7x7 attention layout this model uses")
+            raise CheckpointError(f"{ckpt.path}: {key} differs from the attention bias layout this model derives")
     bad = [k for k, v in params.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{ckpt.path}: non-finite values (NaN or Inf) in {', '.join(bad[:_MAX_LISTED])}")
@@ -231,15 +233,15 @@ def load_into_model(ckpt: Checkpoint, variant: str | None) -> tuple[torch.nn.Mod
             closest = min(family.variants, key=lambda v: len(layout_mismatches(ckpt.state_dict, family, v)))
             problems = layout_mismatches(ckpt.state_dict, family, closest)
             raise CheckpointError(
-                f"{ckpt.path}: the {ckpt.layout}-layout checkpoint matches no {family.display_name} "
-                f"{family.version.upper()} variant; closest is {closest}, which differs in {len(problems)} keys: "
+                f"{ckpt.path}: the {ckpt.layout}-layout checkpoint matches no {family.title} variant; closest is "
+                f"{closest}, which differs in {len(problems)} keys: "
                 + "; ".join(problems[:_MAX_LISTED])
             )
         variant = found
     problems = layout_mismatches(ckpt.state_dict, family, variant)
     if problems:
         holds = (f"it holds {found} weights" if found
-                 else f"it matches no {family.version.upper()} variant")
+                 else f"it matches no {family.title} variant")
         raise CheckpointError(
             f"{ckpt.path}: checkpoint does not fit {family.display_name}-{variant} ({holds}); {len(problems)} "
             "differences, first: " + "; ".join(problems[:_MAX_LISTED])

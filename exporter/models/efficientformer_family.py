@@ -28,6 +28,7 @@ FAMILY = ModelFamily(
     name="efficientformer",
     display_name="EfficientFormer",
     version="v1",
+    title="EfficientFormer V1",
     configs=CONFIGS,
     build=build_model,
     randomize=randomize_realistically,

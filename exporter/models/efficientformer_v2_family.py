@@ -4,8 +4,7 @@ The model and its config table are in ``efficientformer_v2.py``, the checkpoint 
 ``layouts_v2.py``, trained-like random weights in ``random_weights_v2.py``; this module puts them together.
 
 Upstream checkpoints need more than a key rename: their layer scales are (C, 1, 1) where the native model's are
-(C,). ``layouts`` holds the renames (the ``ModelFamily`` contract); ``extra["to_native"]`` is the whole conversion,
-``(state_dict, layout) -> native state_dict``, which a checkpoint loader must use for this family.
+(C,). ``layouts`` holds the renames and ``native_value`` the reshape the checkpoint reader applies after them.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from dataclasses import replace
 
 from efexport.exporter.models.efficientformer_v2 import CONFIGS, build_model
 from efexport.exporter.models.family import ModelFamily
-from efexport.exporter.models.layouts_v2 import KEY_MAPPERS, detect_layout, to_native
+from efexport.exporter.models.layouts_v2 import KEY_MAPPERS, detect_layout, native_value
 from efexport.exporter.models.random_weights_v2 import randomize_realistically
 from efexport.exporter.preprocessing import IMAGENET, Preprocessing
 
@@ -33,6 +32,7 @@ FAMILY = ModelFamily(
     name="efficientformerv2",
     display_name="EfficientFormerV2",
     version="v2",
+    title="EfficientFormerV2",
     configs=CONFIGS,
     build=build_model,
     randomize=randomize_realistically,
@@ -42,5 +42,5 @@ FAMILY = ModelFamily(
     published_source="EfficientFormerV2 paper (Li et al., \"Rethinking Vision Transformers for MobileNet Size and "
                      "Speed\", ICCV 2023) and the snap-research README",
     derived_keys=("attention_bias_idxs",),
-    extra={"to_native": to_native},
+    native_value=native_value,
 )

@@ -46,8 +46,8 @@ class FamilyEntry:
 
     def load(self) -> ModelFamily:
         family = importlib.import_module(self.module).FAMILY
-        declared = (family.name, family.display_name, family.version, tuple(family.configs))
-        if declared != (self.name, self.display_name, self.version, self.variants):
+        declared = (family.name, family.title, family.display_name, family.version, tuple(family.configs))
+        if declared != (self.name, self.title, self.display_name, self.version, self.variants):
             raise RuntimeError(f"{self.module}.FAMILY does not match its registry entry {self.name!r}")
         return family
 
@@ -59,6 +59,7 @@ class ModelFamily:
     name: str  # as in its FamilyEntry
     display_name: str  # the manifest's model.family, e.g. "EfficientFormer"
     version: str  # the manifest's model.version, e.g. "v1"
+    title: str  # for people, as in its FamilyEntry: "EfficientFormer V1", "EfficientFormerV2"
     configs: Mapping[str, Any]  # variant -> config (published_* figures included)
     build: Callable[[str], nn.Module]  # a freshly initialised model of a variant
     randomize: Callable[[nn.Module, int], nn.Module]  # trained-like random weights, deterministic per seed
@@ -67,6 +68,8 @@ class ModelFamily:
     preprocessing: Callable[..., Preprocessing]  # (variant, image_size=None) -> how to feed it
     published_source: str  # where the published figures come from
     derived_keys: tuple[str, ...] = ()  # state-dict entries the model derives and a checkpoint may carry
+    # (native key, tensor) -> the tensor as the model holds it, after the rename (V2's (C, 1, 1) layer scales)
+    native_value: Callable[[str, Any], Any] | None = None
     class_labels: str = "ImageNet-1k, index order (exporter/data/imagenet1k_labels.txt)"
     extra: dict = field(default_factory=dict)
 

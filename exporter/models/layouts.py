@@ -40,7 +40,10 @@ KEY_MAPPERS = {UPSTREAM: upstream_key_to_native, TIMM: timm_key_to_native}
 
 
 def detect_layout(keys: list[str]) -> str | None:
-    """upstream, timm, or None when neither layout's signature keys are there."""
+    """upstream, timm, or None when neither layout's signature keys are there or when keys only V2 has are
+    (the two generations share the prefixes; V2 is its own family)."""
+    if looks_like_efficientformer_v2(keys):
+        return None
     if any(k.startswith(("patch_embed.", "network.")) for k in keys):
         return UPSTREAM
     if any(k.startswith(("stem.", "stages.")) for k in keys):

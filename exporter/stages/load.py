@@ -54,8 +54,7 @@ def load_model(weights: Path | None, variant: str | None, seed: int) -> LoadedMo
     # the checkpoint's keys name its family; a --variant of another family is then a mismatch, said by name
     checkpoint = read_checkpoint(weights, [entry.load() for entry in FAMILIES])
     if family is not None and family.name != checkpoint.family.name:
-        raise CheckpointError(f"{weights}: this is a {checkpoint.family.display_name} "
-                              f"{checkpoint.family.version.upper()} checkpoint, not {family.display_name} "
-                              f"{family.version.upper()} ({variant})")
+        raise CheckpointError(f"{weights}: this is an {checkpoint.family.title} checkpoint, not {family.title} "
+                              f"({variant}); drop --variant, or pass one of {', '.join(checkpoint.family.variants)}")
     model, variant = load_into_model(checkpoint, variant)
     return LoadedModel(model, checkpoint.family, variant, checkpoint.describe())
