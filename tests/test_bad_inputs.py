@@ -48,7 +48,8 @@ from efexport.exporter.errors import ExitCode
 from efexport.exporter.models.efficientformer import build_model
 from efexport.exporter.publish import LocalStore, publish
 from efexport.exporter.recipes import default_recipe_path
-from tests.helpers import REPO, STATE_DICTS, realistic_model, run_cli, timm_state_dict, upstream_state_dict
+from tests.helpers import REPO, realistic_model, run_cli, timm_state_dict, upstream_state_dict
+from tests.helpers_v2 import realistic_model_v2, upstream_state_dict_v2
 from tests.packages import exported_package
 
 USAGE, BAD_INPUT, OUTPUT = ExitCode.USAGE, ExitCode.BAD_INPUT, ExitCode.OUTPUT_ERROR
@@ -140,8 +141,19 @@ CHECKPOINTS: dict[str, Case] = {
     "random-bytes-safetensors": _ckpt("onnx", "random.safetensors", ("{weights}: not a readable safetensors file",)),
     "l3-weights-given-as-l1": _ckpt("onnx", "l3.pth", ("does not fit EfficientFormer-l1", "it holds l3 weights",
                                                        "shape of"), "--variant", "l1"),
-    "efficientformer-v2-pth": _ckpt("onnx", "v2.pth", ("{weights}: this is an EfficientFormerV2 checkpoint",
-                                                       "l1, l3, l7")),
+    # the two families: each checkpoint names its own, and a variant of the other family is refused by name
+    "v2-weights-given-as-l1": _ckpt("onnx", "v2-s0.pth", ("{weights}: this is an EfficientFormerV2 checkpoint, "
+                                                          "not EfficientFormer V1 (l1)", "s0, s1, s2, l"),
+                                    "--variant", "l1"),
+    "v1-weights-given-as-s0": _ckpt("onnx", "l3.pth", ("{weights}: this is an EfficientFormer V1 checkpoint, not "
+                                                       "EfficientFormerV2 (s0)", "l1, l3, l7"), "--variant", "s0"),
+    "v2-s0-weights-given-as-s1": _ckpt("onnx", "v2-s0.safetensors", (
+        "does not fit EfficientFormerV2-s1", "it holds s0 weights", "shape of"), "--variant", "s1"),
+    "v2-truncated-pth": _ckpt("onnx", "v2-truncated.pth", TRUNCATED),
+    "v2-timm-missing-key": _ckpt("onnx", "v2-timm-missing-key.safetensors", (
+        "matches no EfficientFormerV2 variant", "missing key norm.running_var")),
+    "v2-upstream-extra-key": _ckpt("coreml", "v2-upstream-extra-key.pth", (
+        "matches no EfficientFormerV2 variant", "unexpected key head_dist.extra_scale")),
     "nan-and-inf-in-tensors": _ckpt("onnx", "nan-inf.pth", ("{weights}: non-finite values (NaN or Inf) in "
                                                             "stem.conv1.weight, head.weight",)),
     "extra-key": _ckpt("onnx", "extra-key.pth", ("matches no EfficientFormer V1 variant",
@@ -202,10 +214,14 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     files["directory.pth"] = root / "directory.pth"
     files["directory.pth"].mkdir()
     save("l3.pth", upstream_state_dict(build_model("l3")))  # the right keys and shapes are all it takes
-    v2 = json.loads((STATE_DICTS / "v2-s0.json").read_text())["keys"]  # a real EfficientFormerV2 layout
-    v2_state = {k: torch.zeros(shape, dtype=getattr(torch, dtype)) for k, (shape, dtype) in v2.items()}
-    save("v2.pth", v2_state)
-    save("v2.safetensors", v2_state)
+    s0 = realistic_model_v2("s0")
+    v2_upstream, v2_timm = upstream_state_dict_v2(s0), s0.state_dict()
+    save("v2-s0.pth", v2_upstream)
+    save("v2-s0.safetensors", v2_timm)
+    save("v2-whole.pth", v2_upstream)
+    cut("v2-truncated.pth", files.pop("v2-whole.pth"))
+    save("v2-timm-missing-key.safetensors", {k: v for k, v in v2_timm.items() if k != "norm.running_var"})
+    save("v2-upstream-extra-key.pth", v2_upstream | {"dist_head.extra_scale": torch.ones(4)})
     stem, head = upstream["patch_embed.0.weight"].clone(), upstream["head.weight"].clone()
     stem[0, 0, 0, 0], head[3, 7] = float("nan"), float("-inf")
     save("nan-inf.pth", upstream | {"patch_embed.0.weight": stem, "head.weight": head})
