@@ -39,9 +39,10 @@ $(foreach v,$(VARIANTS),$(foreach p,$(PLATFORMS),$(eval $(call PACKAGE_RULES,$(v
 all: $(foreach v,$(VARIANTS),$(foreach p,$(PLATFORMS),$(call package_bundle,$(v),$(p))))
 
 help:
-	@echo "make onnx VARIANT=l1|l3|l7 [ARGS='--weights ckpt.pth']  export to ONNX into $(OUT)/"
-	@echo "make coreml VARIANT=l1|l3|l7 [ARGS='--precision fp32']   export to Core ML (.mlpackage) into $(OUT)/"
-	@echo "make tensorrt VARIANT=l1|l3|l7                          TensorRT: prepared ONNX, build_engine.sh, engine.json"
+	@echo "VARIANT is one of: $(VARIANT_NAMES)"
+	@echo "make onnx VARIANT=l1 [ARGS='--weights ckpt.pth']        export to ONNX into $(OUT)/"
+	@echo "make coreml VARIANT=s0 [ARGS='--precision fp32']        export to Core ML (.mlpackage) into $(OUT)/"
+	@echo "make tensorrt VARIANT=l3                                TensorRT: prepared ONNX, build_engine.sh, engine.json"
 	@echo "                                                        (+ model.plan where TensorRT and a GPU exist)"
 	@echo "make all [-j2] [VARIANTS='l1 l3'] [PLATFORMS='onnx coreml'] [WEIGHTS_l3=ckpt.pth]"
 	@echo "                                                        every variant x platform, packages + bundles"
