@@ -42,6 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from efexport.exporter.errors import EfexportError
+from efexport.exporter.manifest_schema import load_manifest
+
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = "efexport.bench-onnx-overhead/1"
 BARE = "bare"
@@ -183,10 +186,21 @@ def run_once(command: list[str], cwd: Path, env: dict) -> tuple[float, subproces
 
 def _latency_windows(out: Path) -> int | None:
     """How many latency windows the export's benchmark stage ran (its manifest), None when there is none."""
+    path = next(out.glob("*/onnx-fp32/manifest.json"), None)
+    if path is None:
+        return None
     try:
-        manifest = json.loads(next(out.glob("*/onnx-fp32/manifest.json")).read_text())
-        return manifest["latency"][0]["method"]["windows"]
-    except (StopIteration, OSError, ValueError, KeyError, IndexError):
+        manifest = load_manifest(path.parent)
+    except EfexportError:  # not this efexport's manifest: a --before or --tree checkout may write another version
+        return _older_latency_windows(path)
+    return manifest.latency[0].method.windows if manifest.latency else None
+
+
+def _older_latency_windows(path: Path) -> int | None:
+    """latency[0].method.windows of a manifest this efexport's model does not read (another checkout's)."""
+    try:
+        return json.loads(path.read_text())["latency"][0]["method"]["windows"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
 
 

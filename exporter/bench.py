@@ -33,7 +33,8 @@ import onnx
 import torch
 
 from efexport.exporter.errors import UsageError
-from efexport.exporter.manifest import MANIFEST_FILE, REFERENCE_FILE, read_manifest
+from efexport.exporter.manifest import MANIFEST_FILE, REFERENCE_FILE
+from efexport.exporter.manifest_schema import load_manifest
 from efexport.exporter.recipes import Recipe, apply_overrides, default_recipe_path, load_recipe
 from efexport.exporter.runtimes import accepted_inputs, timed_runtimes
 from efexport.exporter.stages.capture import capture
@@ -147,10 +148,10 @@ def package_dirs(root: Path, model_name: str, targets: tuple[str, ...]) -> dict[
 
 def package_backends(package: Path, threads: int) -> tuple[list[Backend], dict[str, str]]:
     """The deployment runtimes present here for one package, and why the others are not."""
-    manifest = read_manifest(package)
-    target = TARGETS[manifest["target"]["format"]].load()
-    recipe = Recipe.model_validate(manifest["recipe"]["values"])
-    model_path = package / manifest["target"]["model_file"]
+    manifest = load_manifest(package)
+    target = TARGETS[manifest.target.format].load()
+    recipe = Recipe.model_validate(manifest.recipe.values.as_json())
+    model_path = package / manifest.target.model_file
     runner = target.open_runner(model_path, threads)
     others, absent = other_runtimes_present(target, model_path, recipe)
     reference = ReferenceSet.load(package / REFERENCE_FILE)
@@ -164,7 +165,7 @@ def package_backends(package: Path, threads: int) -> tuple[list[Backend], dict[s
             continue
         timer = (lambda t=timed, r=recipe: t.latency_reports(r)) if hasattr(timed, "latency_reports") else None
         backends.append(Backend(f"package {label} on {timed.backend}", f"built package {package}", timed.backend,
-                                timed.runtime_version, manifest["target"]["precision"], timed.threads, timed,
+                                timed.runtime_version, manifest.target.precision, timed.threads, timed,
                                 reference.inputs[keep[0]:keep[0] + 1], getattr(timed, "compute_units", None), timer))
     if not backends and not missing:
         missing[label] = f"{target.name}: only a reference execution runs here ({target.latency_unavailable})"

@@ -25,7 +25,9 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from efexport.exporter.errors import OutputError, VerifyError
-from efexport.exporter.manifest import MANIFEST_FILE, read_manifest, sha256_of
+from efexport.exporter.manifest import MANIFEST_FILE, sha256_of
+from efexport.exporter.manifest_model import Manifest
+from efexport.exporter.manifest_schema import load_manifest
 from efexport.exporter.output import write_atomically
 
 BUNDLE_SUFFIX = ".zip"
@@ -48,8 +50,8 @@ class Bundle:
                 "checksum_file": str(self.checksum_file)}
 
 
-def bundle_name(manifest: dict) -> str:
-    return manifest["package"]["name"] + BUNDLE_SUFFIX
+def bundle_name(manifest: Manifest) -> str:
+    return manifest.package.name + BUNDLE_SUFFIX
 
 
 def _member_info(arcname: str, source: Path) -> zipfile.ZipInfo:
@@ -76,10 +78,10 @@ def write_bundle(package: Path, out_dir: Path) -> Bundle:
     Only the files the manifest lists (and the manifest) go in; a package that does not verify is refused
     by the caller, not silently bundled here.
     """
-    manifest = read_manifest(package)
+    manifest = load_manifest(package)
     name = bundle_name(manifest)
     top = name.removesuffix(BUNDLE_SUFFIX)
-    members = sorted([*manifest["files"], MANIFEST_FILE])
+    members = sorted([*manifest.files, MANIFEST_FILE])
     missing = [m for m in members if not (package / m).is_file()]
     if missing:
         raise VerifyError(f"{package}: cannot bundle, missing {', '.join(missing[:3])}")

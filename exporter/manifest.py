@@ -13,7 +13,8 @@ from pathlib import Path
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA = "efexport.manifest/3"
 REFERENCE_FILE = "reference_io.npz"
-_TRACKED_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxsim", "onnxslim", "coremltools", "tensorrt")
+_TRACKED_PACKAGES = ("torch", "numpy", "onnx", "onnxscript", "onnxruntime", "onnxsim", "onnxslim", "coremltools",
+                     "tensorrt")
 
 
 def sha256_of(path: Path) -> str:

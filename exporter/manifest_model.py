@@ -3,12 +3,20 @@
 ``exporter/data/manifest.schema.json`` is generated from these models (``python -m
 efexport.exporter.manifest_schema --write``; a test checks the checked-in file is what they generate), and
 ``exporter.stages.package.build_manifest`` writes a manifest by constructing them and dumping the result with
-``dump_manifest``. Readers (the model card, publish, the CLI, verify) keep reading the written JSON as a dict.
+``dump_manifest``. Readers (the model card, publish, bundle, bench, the CLI, verify) validate the written JSON
+into ``Manifest`` once (``exporter.manifest_schema.load_manifest``/``typed_manifest``) and read attributes.
+
+The blocks' base classes and shared types are in ``exporter/manifest_blocks.py``. The ``target`` block is each
+target's own: its facts model lives in its subpackage (``exporter/targets/<name>/facts.py``), named by its
+TargetSpec's ``facts``; the union below is built from the target registry, and the facts a target declares make a
+package not deployable (``TargetFacts.not_deployable_when``, e.g. TensorRT without an engine) become rules here.
+A new target adds nothing to this module.
 
 Conventions, so that the models and the JSON Schema mean the same thing:
 
-- Blocks are open (other keys allowed, and kept when dumped) unless they derive from ``_Closed``, whose schema
-  says ``additionalProperties: false``: the top level, and the blocks where a closed shape catches mistakes.
+- Blocks are open (other keys allowed, kept when dumped, read through ``model_extra``) unless they derive from
+  ``_Closed`` (``manifest_blocks.Closed``), whose schema says ``additionalProperties: false``: the top level,
+  and the blocks where a closed shape catches mistakes.
 - A field typed ``T | Absent`` (default None) may be left out but is never null; a field typed ``T | None``
   without a default must be present and may be null (with default None: may be left out, or null). Dumps use
   ``exclude_unset``, so what was left out stays out, and keep the keys in the order they were given.
@@ -22,27 +30,32 @@ Conventions, so that the models and the JSON Schema mean the same thing:
 
 from __future__ import annotations
 
-import math
 import re
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ModelWrapValidatorHandler,
-    PrivateAttr,
-    SerializerFunctionWrapHandler,
-    TypeAdapter,
-    model_serializer,
-    model_validator,
-)
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import ConfigDict, Field, TypeAdapter, model_validator
 
+from efexport.exporter.manifest_blocks import (
+    Absent,
+    Cosine,
+    Count,
+    Fraction,
+    NonEmptyStr,
+    NonNegative,
+    OpCounts,
+    Positive,
+    PositiveInt,
+    Precision,
+    RelativePath,
+    Sha256,
+    TargetFacts,
+    non_finite_paths,
+)
+from efexport.exporter.manifest_blocks import Block as _Block
+from efexport.exporter.manifest_blocks import Closed as _Closed
 from efexport.exporter.models import FAMILIES, family_of
-from efexport.exporter.precisions import PRECISIONS, unavailable_reason
 from efexport.exporter.targets import TARGETS
 
 # The values of these Literals are the manifest's and the latency report's schema ids
@@ -56,85 +69,6 @@ Variant = Literal[tuple(v for entry in FAMILIES for v in entry.variants)]  # typ
 FamilyName = Literal[tuple(dict.fromkeys(entry.display_name for entry in FAMILIES))]  # type: ignore[valid-type]
 FamilyVersion = Literal[tuple(dict.fromkeys(entry.version for entry in FAMILIES))]  # type: ignore[valid-type]
 Format = Literal[tuple(TARGETS)]  # type: ignore[valid-type]
-Precision = Literal[tuple(n for n in PRECISIONS if unavailable_reason(n) is None)]  # type: ignore[valid-type]
-Simplifier = Literal["onnxsim", "onnxslim", "none"]
-
-Absent = SkipJsonSchema[None]  # "may be left out": None in Python, never in the JSON Schema (see _Block)
-
-NonEmptyStr = Annotated[str, Field(min_length=1)]
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="A SHA-256 digest, 64 lowercase hex digits.")]
-RELATIVE_PATH = r"^(?![A-Za-z]:)(?!\.\.?(?:/|$))[^/\\]+(?:/(?!\.\.?(?:/|$))[^/\\]+)*$"
-RelativePath = Annotated[str, Field(
-    pattern=RELATIVE_PATH,
-    description="A relative POSIX path inside the package: no leading '/', no drive letter, no backslash, no "
-                "empty, '.' or '..' segment.")]
-Count = Annotated[int, Field(ge=0)]
-PositiveInt = Annotated[int, Field(ge=1)]
-NonNegative = Annotated[float, Field(ge=0)]
-Positive = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
-# A float64 cosine of nearly equal vectors may round a hair past 1.
-Cosine = Annotated[float, Field(ge=-1.000001, le=1.000001)]
-OpCounts = dict[str, Count]
-
-
-def non_finite_paths(value: object, path: tuple[str | int, ...] = ()) -> Iterator[tuple[str | int, ...]]:
-    """Where in ``value`` (any JSON-like data) NaNs and infinities are: JSON has neither."""
-    if isinstance(value, float) and not math.isfinite(value):
-        yield path
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from non_finite_paths(item, (*path, key))
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            yield from non_finite_paths(item, (*path, index))
-
-
-class _Block(BaseModel):
-    """An open block: keys besides the fields are allowed (a newer efexport may add facts) and kept."""
-
-    model_config = ConfigDict(
-        extra="allow", strict=True, allow_inf_nan=False,
-        regex_engine="python-re",  # the relative-path pattern needs look-ahead, which the default engine lacks
-        protected_namespaces=(),  # fields such as model_file are the manifest's names, not pydantic's
-    )
-
-    # The order of the keys this block was given: dumps keep it, so a manifest written through the models lists
-    # its keys as the stages produced them (fields and extra keys interleaved), as it did before the models.
-    _key_order: tuple[str, ...] = PrivateAttr(default=())
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _remember_key_order(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
-        block = handler(data)
-        if isinstance(data, dict):
-            block._key_order = tuple(key for key in data if isinstance(key, str))
-        return block
-
-    @model_serializer(mode="wrap")
-    def _in_given_order(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        dumped = handler(self)
-        first = {key: dumped[key] for key in self._key_order if key in dumped}
-        return first | {key: value for key, value in dumped.items() if key not in first}
-
-    @model_validator(mode="after")
-    def _absent_is_not_null(self) -> Self:
-        """A field typed ``T | Absent`` may be left out, but an explicit None would be written as null, which
-        the schema refuses; extra keys may hold anything JSON holds, which excludes NaN and infinities."""
-        for name in self.model_fields_set:
-            field = type(self).model_fields.get(name)
-            if field is not None and getattr(self, name) is None and type(None) not in typing.get_args(
-                    field.annotation):
-                raise ValueError(f"{name}: leave the key out instead of setting it to null")
-        for place in non_finite_paths(self.__pydantic_extra__ or {}):
-            raise ValueError(f"{'/'.join(map(str, place))}: NaN and infinities are not JSON")
-        return self
-
-
-class _Closed(_Block):
-    """A closed block: a key that is not a field is an error (a misspelt key is caught)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 # --- what the package is -------------------------------------------------------------------------------------
@@ -257,139 +191,23 @@ TensorSpecs = Annotated[Sequence[TensorSpec], Field(min_length=1)]
 
 # --- the export target ---------------------------------------------------------------------------------------
 
-class _TargetFacts(_Block):
-    """What every target writes (ExportedModel.facts); each format adds its own facts. Other keys are allowed."""
-
-    format: Format
-    model_file: RelativePath
-    precision: Precision
-    op_counts: OpCounts
-
-
-class OnnxTarget(_TargetFacts):
-    """exporter/targets/onnx/export.py: OnnxTarget.export."""
-
-    format: Literal["onnx"]
-    precision: Literal["fp32"]
-    opset: PositiveInt
-    simplifier: Simplifier
-    dynamic_batch: bool
+def _target_facts() -> dict[str, type[TargetFacts]]:
+    """Each registered target's facts model (its spec's ``facts``, in its own subpackage), by format."""
+    models = {}
+    for name, spec in TARGETS.items():
+        model = spec.facts_model()
+        if not (isinstance(model, type) and issubclass(model, TargetFacts)) or model.format_name() != name:
+            raise TypeError(f"target {name}: its facts {spec.facts} must be a manifest_blocks.TargetFacts whose "
+                            f"format is Literal[{name!r}]")
+        models[name] = model
+    return models
 
 
-class CoreMLLabels(_Block):
-    """The class labels built into the classifier."""
+TARGET_FACTS: dict[str, type[TargetFacts]] = _target_facts()
 
-    source: str
-    count: PositiveInt
-
-
-class InterfaceEntry(_Block):
-    """One input or output of the Core ML model as an app sees it."""
-
-    name: NonEmptyStr
-    type: str
-    shape: Sequence[PositiveInt] | Absent = None
-
-
-class CoreMLInterface(_Block):
-    """The package's own interface (which may differ from the captured graph's inputs: an image input takes
-    pixels)."""
-
-    inputs: Annotated[Sequence[InterfaceEntry], Field(min_length=1)]
-    outputs: Annotated[Sequence[InterfaceEntry], Field(min_length=1)]
-
-
-class CoreMLTarget(_TargetFacts):
-    """exporter/targets/coreml/convert.py: CoreMLTarget.export."""
-
-    format: Literal["coreml"]
-    precision: Literal["fp32", "fp16"]
-    minimum_deployment_target: Annotated[str, Field(pattern=r"^(iOS|macOS|tvOS|watchOS|visionOS)[0-9]+$")]
-    compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_NE", "CPU_AND_GPU"]
-    input: Literal["image", "tensor"]
-    labels: CoreMLLabels | Absent = None
-    interface: CoreMLInterface
-
-
-class TensorRTProfile(_Closed):
-    """Batch sizes of the optimization profile."""
-
-    min: PositiveInt
-    opt: PositiveInt
-    max: PositiveInt
-
-
-class TensorRTBuildOptions(_Block):
-    """exporter.targets.tensorrt_options.BuildOptions.to_dict."""
-
-    input_name: NonEmptyStr
-    image_size: PositiveInt
-    precision: Precision
-    profile: TensorRTProfile | None = Field(
-        description="Batch sizes of the optimization profile; null for a static batch of 1.")
-    fp32_layers: Sequence[str]
-    workspace_mib: PositiveInt
-    optimization_level: Annotated[int, Field(ge=0, le=5)]
-    timing_cache: RelativePath
-    hardware_compatibility: Literal["none", "ampere_plus"]
-    version_compatible: bool
-
-
-_ENGINE_BUILT = ("plan_file", "sha256", "timing_cache_sha256", "tensorrt")
-
-
-class TensorRTEngine(_Block):
-    """Whether model.plan was built here: the build's facts (exporter.targets.tensorrt_api.build_engine), or the
-    reason there is none."""
-
-    model_config = ConfigDict(json_schema_extra={
-        "if": {"properties": {"built": {"const": True}}, "required": ["built"]},
-        "then": {"required": list(_ENGINE_BUILT)},
-        "else": {"required": ["reason"]},
-    })
-
-    built: bool
-    reason: NonEmptyStr | Absent = None
-    plan_file: RelativePath | Absent = None
-    sha256: Sha256 | Absent = None
-    timing_cache_sha256: Sha256 | Absent = None
-    tensorrt: NonEmptyStr | Absent = None
-    gpu: str | Absent = None
-    compute_capability: str | Absent = None
-    cuda_runtime: str | None = None
-    driver: str | None = None
-    build_seconds: NonNegative | Absent = None
-    network_layers: Count | Absent = None
-    layers_pinned_fp32: Count | Absent = None
-    tf32: bool | Absent = None
-    timing_cache_loaded: bool | Absent = None
-    plan_bytes: Count | Absent = None
-
-    @model_validator(mode="after")
-    def _built_or_why_not(self) -> Self:
-        needed = _ENGINE_BUILT if self.built else ("reason",)
-        missing = [name for name in needed if name not in self.model_fields_set]
-        if missing:
-            raise ValueError(f"an engine with built: {str(self.built).lower()} needs {', '.join(missing)}")
-        return self
-
-
-class TensorRTTarget(_TargetFacts):
-    """exporter/targets/tensorrt/prepare.py: TensorRTTarget.export (the prepared ONNX, build options, trtexec command,
-    engine facts)."""
-
-    format: Literal["tensorrt"]
-    precision: Precision
-    opset: PositiveInt
-    simplifier: Simplifier
-    dynamic_batch: bool
-    gpu: str | Absent = None
-    trtexec: Annotated[Sequence[str], Field(min_length=1)]
-    build_options: TensorRTBuildOptions
-    engine: TensorRTEngine
-
-
-Target = Annotated[OnnxTarget | CoreMLTarget | TensorRTTarget, Field(discriminator="format")]
+# The target block: the facts model its format names. Built from the registry, so a type checker sees the common
+# TargetFacts; a reader wanting a target's own facts narrows with isinstance (or reads them in its target's code).
+Target = Annotated[typing.Union[tuple(TARGET_FACTS.values())], Field(discriminator="format")]  # type: ignore[valid-type]  # noqa: UP007
 
 
 # --- what was checked and measured ---------------------------------------------------------------------------
@@ -609,6 +427,26 @@ def _when(path: tuple[str, ...], value: object) -> dict[str, Any]:
     return condition
 
 
+def _all(*conditions: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema condition: every one of ``conditions`` (made by ``_when``) holds, as one nested condition."""
+    merged: dict[str, Any] = {}
+    for condition in conditions:
+        _merge(merged, condition)
+    return merged
+
+
+def _merge(into: dict[str, Any], condition: dict[str, Any]) -> None:
+    for key, value in condition.items():
+        if key == "required":
+            into.setdefault(key, [])
+            into[key] += [name for name in value if name not in into[key]]
+        elif key == "properties":
+            for name, sub in value.items():
+                _merge(into.setdefault(key, {}).setdefault(name, {}), sub)
+        else:
+            into[key] = value
+
+
 def _then(*rules: tuple[tuple[str, ...], dict[str, Any]]) -> dict[str, Any]:
     """JSON Schema consequence: each ``(path, schema)`` applies ``schema`` to the value at ``path`` (if present)."""
     result: dict[str, Any] = {}
@@ -627,8 +465,10 @@ _MANIFEST_RULES: list[dict[str, Any]] = [
      "then": {"required": ["latency_note"]}},
     {"$comment": "Random-init weights are never deployable (exporter.stages.package.package_identity).",
      "if": _when(("weights", "source"), "random-init"), "then": _then((_DEPLOYABLE, {"const": False}))},
-    {"$comment": "A TensorRT package without an engine is not deployable.",
-     "if": _when(("target", "engine", "built"), False), "then": _then((_DEPLOYABLE, {"const": False}))},
+    *({"$comment": f"{rule.reason[0].upper()}{rule.reason[1:]}.",
+       "if": _all(_when(("target", "format"), fmt), _when(("target", *rule.path), rule.value)),
+       "then": _then((_DEPLOYABLE, {"const": False}))}
+      for fmt, model in TARGET_FACTS.items() for rule in model.not_deployable_when),
     *({"$comment": f"package.name is <family>-<model.variant>-<target.format>-<target.precision>, and the family "
                    f"is the variant's: {v}.",
        "if": _when(("model", "variant"), v),
@@ -685,8 +525,8 @@ class ManifestFacts(_Closed):
         problems = []
         if self.package.deployable and isinstance(self.weights, RandomInitWeights):
             problems.append("random-init weights are never deployable")
-        if self.package.deployable and isinstance(self.target, TensorRTTarget) and not self.target.engine.built:
-            problems.append("a TensorRT package without an engine is not deployable")
+        if self.package.deployable:
+            problems += [rule.reason for rule in self.target.not_deployable_when if rule.holds(self.target)]
         family = family_of(self.model.variant)
         if (self.model.family, self.model.version) != (family.display_name, family.version):
             problems.append(f"model {self.model.family} {self.model.version} is not the family of variant "
@@ -727,7 +567,7 @@ class Manifest(ManifestFacts):
 
 
 _WEIGHTS: TypeAdapter[RandomInitWeights | CheckpointWeights] = TypeAdapter(Weights)
-_TARGET: TypeAdapter[OnnxTarget | CoreMLTarget | TensorRTTarget] = TypeAdapter(Target)
+_TARGET: TypeAdapter[TargetFacts] = TypeAdapter(Target)
 
 
 def weights_block(facts: dict[str, Any]) -> RandomInitWeights | CheckpointWeights:
@@ -735,8 +575,8 @@ def weights_block(facts: dict[str, Any]) -> RandomInitWeights | CheckpointWeight
     return _WEIGHTS.validate_python(facts)
 
 
-def target_block(facts: dict[str, Any]) -> OnnxTarget | CoreMLTarget | TensorRTTarget:
-    """ExportedModel.facts as the typed block of its ``format``."""
+def target_block(facts: dict[str, Any]) -> TargetFacts:
+    """ExportedModel.facts as the typed block of its ``format`` (its target's facts model)."""
     return _TARGET.validate_python(facts)
 
 
@@ -746,9 +586,8 @@ def dump_manifest(manifest: ManifestFacts) -> dict[str, Any]:
 
 
 __all__ = [
-    "CaptureFacts", "CheckpointWeights", "CoreMLTarget", "FileEntry", "FoldReport", "LatencyEntry", "Manifest",
-    "ManifestFacts", "ModelFacts", "OnnxTarget", "PackageIdentity", "ParityGate", "ParityReport",
-    "PreprocessingFacts", "PublishedFigures", "RandomInitWeights", "RecipeFacts", "ReferenceExecution",
-    "TensorRTEngine", "TensorRTTarget", "TensorSpec", "ToolVersions", "dump_manifest", "non_finite_paths",
-    "target_block", "weights_block",
+    "TARGET_FACTS", "CaptureFacts", "CheckpointWeights", "FileEntry", "FoldReport", "LatencyEntry", "Manifest",
+    "ManifestFacts", "ModelFacts", "PackageIdentity", "ParityGate", "ParityReport", "PreprocessingFacts",
+    "PublishedFigures", "RandomInitWeights", "RecipeFacts", "ReferenceExecution", "TargetFacts", "TensorSpec",
+    "ToolVersions", "dump_manifest", "non_finite_paths", "target_block", "weights_block",
 ]

@@ -7,6 +7,8 @@ validate its manifest without efexport. After changing the models, regenerate it
 ``python -m efexport.exporter.manifest_schema --write`` (``--check`` says whether the checked-in file is
 current; a test does the same). ``schema_problems`` lists every violation as one line naming where it is
 (``files/model.onnx/sha256: ...``); ``check_manifest`` raises ``VerifyError`` with the first few of them.
+``typed_manifest`` and ``load_manifest`` give a reader the manifest as the typed ``Manifest`` (checked against
+the schema first, so a broken manifest is a ``VerifyError`` naming where it breaks).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
+from pydantic import ValidationError as ModelValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
 from pydantic_core import core_schema
 
 from efexport.exporter.errors import VerifyError
-from efexport.exporter.manifest import MANIFEST_SCHEMA
+from efexport.exporter.manifest import MANIFEST_FILE, MANIFEST_SCHEMA, read_manifest
 from efexport.exporter.manifest_model import Manifest, non_finite_paths
 
 SCHEMA_FILE = resources.files("efexport.exporter.data").joinpath("manifest.schema.json")
@@ -228,8 +231,38 @@ def check_manifest(manifest: object, where: str) -> None:
         raise VerifyError(f"{where}: manifest does not follow {MANIFEST_SCHEMA}: " + format_problems(problems))
 
 
+def typed_or_problems(manifest: object) -> tuple[Manifest | None, list[str]]:
+    """``(Manifest, [])`` when ``manifest`` (JSON data) follows efexport.manifest/3, else ``(None, problems)``:
+    the schema's problems (``schema_problems``), or the models' where they are stricter. Never raises on JSON
+    data: for a reader that reports what is wrong with a manifest (verify)."""
+    if isinstance(manifest, Manifest):
+        return manifest, []
+    problems = schema_problems(manifest)
+    if problems:
+        return None, problems
+    try:
+        return Manifest.model_validate(manifest), []
+    except ModelValidationError as exc:
+        return None, [f"{_where(error['loc']) if error['loc'] else ROOT}: {_shorten(error['msg'])}"
+                      for error in exc.errors(include_url=False)]
+
+
+def typed_manifest(manifest: object, where: str) -> Manifest:
+    """``manifest`` (JSON data, e.g. ``read_manifest``'s) as the typed ``Manifest``; VerifyError naming ``where``
+    when it does not follow efexport.manifest/3."""
+    typed, problems = typed_or_problems(manifest)
+    if typed is None:
+        raise VerifyError(f"{where}: manifest does not follow {MANIFEST_SCHEMA}: " + format_problems(problems))
+    return typed
+
+
+def load_manifest(directory: Path) -> Manifest:
+    """The manifest.json of a package directory, read (``read_manifest``) and typed (``typed_manifest``)."""
+    return typed_manifest(read_manifest(directory), str(Path(directory) / MANIFEST_FILE))
+
+
 __all__ = ["SCHEMA_FILE", "SCHEMA_ID", "ManifestJsonSchema", "check_manifest", "format_problems", "generate_schema",
-           "manifest_schema", "schema_problems", "schema_text"]
+           "load_manifest", "manifest_schema", "schema_problems", "schema_text", "typed_manifest", "typed_or_problems"]
 
 
 def main(argv: Sequence[str] | None = None, schema_file: Path = _SOURCE_FILE) -> int:

@@ -1,15 +1,16 @@
 """README.md of a package: its model card, written from the manifest alone.
 
-``model_card`` is a pure function of the manifest (an efexport.manifest/3 dict, checked by
-``exporter.manifest_schema.check_manifest``): the same manifest always gives the same text, with no dates and
+``model_card`` is a pure function of the manifest (the typed ``Manifest`` of exporter.manifest_model, or its JSON
+validated into one): the same manifest always gives the same text, with no dates and
 nothing read from the machine. Every number in the card is one the manifest records; the paper's figures are
 labelled as published, not measured. The card never lists itself in its file table: it cannot hold its own hash.
 
 The card is a Jinja2 template. ``exporter/targets/card.md.j2`` holds the structure every package shares and
 names, as blocks, what a target has to say for itself (its name, what the package is, usage, which runtime ran
 the parity gate, its limitations...); each target's ``exporter/targets/<format>/card.md.j2`` (loaded as
-``<format>.md.j2``) extends that base and fills the blocks for the target whose ``manifest["target"]["format"]``
-is ``<format>``. A new target adds its card by adding its template beside its code: this module knows no format.
+``<format>.md.j2``) extends that base and fills the blocks for the target whose ``manifest.target.format``
+is ``<format>``. Templates get the manifest's typed blocks (attributes; an open block's other keys are in its
+``model_extra``). A new target adds its card by adding its template beside its code: this module knows no format.
 A format with no template of its own gets the base template's generic wording.
 
 This module registers, in ``_environment``, the filters and globals the templates share: the formatting helpers
@@ -23,10 +24,21 @@ import functools
 import importlib.resources
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.resources.abc import Traversable
+from typing import Any
 
 import jinja2
+
+from efexport.exporter.manifest_model import (
+    FileEntry,
+    LatencyDevice,
+    LatencyEntry,
+    Manifest,
+    ParityReport,
+    TensorSpec,
+    ToolVersions,
+)
 
 CARD_FILE = "README.md"
 PUBLISHED_LABEL = "published (paper), not measured here"
@@ -133,14 +145,16 @@ def _q(text: object) -> str:
 # ---- pieces too fiddly for a template (globals) ---------------------------------------------------------------
 
 
-def _dynamic_axes(specs: Sequence[dict]) -> list[str]:
+def _dynamic_axes(specs: Sequence[TensorSpec]) -> list[str]:
     """The named (dynamic) axes of these inputs/outputs, sorted."""
-    return sorted({d for spec in specs for d in spec["shape"] if isinstance(d, str)})
+    return sorted({d for spec in specs for d in spec.shape if isinstance(d, str)})
 
 
-def _device_summary(device: dict) -> str:
-    """One line naming the machine a latency entry was measured on."""
-    kind = device.get("kind")
+def _device_summary(block: LatencyDevice) -> str:
+    """One line naming the machine a latency entry was measured on (its facts beyond ``kind`` are the fingerprint's
+    own keys: an open block)."""
+    device = block.as_json()
+    kind = block.kind
     if kind == "cpu":
         extras = [device.get("arch"), f"{device['logical_cores']} logical cores" if device.get("logical_cores")
                   else None, device.get("os")]
@@ -160,18 +174,18 @@ _RESAMPLING = {"nearest": "NEAREST", "bilinear": "BILINEAR", "bicubic": "BICUBIC
                "box": "BOX", "hamming": "HAMMING"}
 
 
-def _python_preprocess(manifest: dict, normalise: bool) -> list[str]:
+def _python_preprocess(manifest: Manifest, normalise: bool) -> list[str]:
     """Python (numpy, PIL) for the recorded preprocessing: ``crop(path)``, and ``preprocess(path)`` when
     ``normalise``; module-level imports are added by ``_python``."""
-    pre = manifest["preprocessing"]
-    size, shorter = pre["center_crop"], pre["resize_shorter_side"]
-    resampling = _RESAMPLING.get(str(pre["interpolation"]).lower(), "BICUBIC")
+    pre = manifest.preprocessing
+    size, shorter = pre.center_crop, pre.resize_shorter_side
+    resampling = _RESAMPLING.get(pre.interpolation.lower(), "BICUBIC")
     lines: list[str] = []
     if normalise:
-        dtype = manifest["inputs"][0]["dtype"]
-        shape = "(3, 1, 1)" if pre["layout"] == "NCHW" else "(1, 1, 3)"
-        lines += [f"MEAN = np.array([{', '.join(_plain(v) for v in pre['mean'])}], dtype=np.{dtype}).reshape{shape}",
-                  f"STD = np.array([{', '.join(_plain(v) for v in pre['std'])}], dtype=np.{dtype}).reshape{shape}",
+        dtype = manifest.inputs[0].dtype
+        shape = "(3, 1, 1)" if pre.layout == "NCHW" else "(1, 1, 3)"
+        lines += [f"MEAN = np.array([{', '.join(_plain(v) for v in pre.mean)}], dtype=np.{dtype}).reshape{shape}",
+                  f"STD = np.array([{', '.join(_plain(v) for v in pre.std)}], dtype=np.{dtype}).reshape{shape}",
                   "", ""]
     lines += [
         "def crop(path: str) -> Image.Image:",
@@ -183,19 +197,19 @@ def _python_preprocess(manifest: dict, normalise: bool) -> list[str]:
         f"    return image.crop((left, top, left + {size}, top + {size}))",
     ]
     if normalise:
-        dtype = manifest["inputs"][0]["dtype"]
+        dtype = manifest.inputs[0].dtype
         pixels = f"np.asarray(crop(path), dtype=np.{dtype})"
-        if pre["color_order"] == "BGR":
+        if pre.color_order == "BGR":
             pixels += "[..., ::-1]"
-        if pre["layout"] == "NCHW":
+        if pre.layout == "NCHW":
             pixels += ".transpose(2, 0, 1)"
-        shape = _shape([1, *manifest["inputs"][0]["shape"][1:]])
+        shape = _shape([1, *manifest.inputs[0].shape[1:]])
         lines += [
             "",
             "",
             "def preprocess(path: str) -> np.ndarray:",
             f"    x = {pixels} / 255.0",
-            f"    return ((x - MEAN) / STD)[None]  # {shape}, {pre['layout']}",
+            f"    return ((x - MEAN) / STD)[None]  # {shape}, {pre.layout}",
         ]
     return lines
 
@@ -212,70 +226,70 @@ def _python(imports: str | Sequence[str], preprocess: Sequence[str], main: str |
     return "```python\n" + "\n".join(parts).rstrip() + "\n```"
 
 
-def _parity_table(parity: dict) -> str:
+def _parity_table(parity: ParityReport) -> str:
     """The parity block's figures beside their gates."""
-    tol = parity["tolerances"]
-    n = len(parity["per_input"])
-    agreeing = round(parity["top1_agreement"] * n)
+    tol = parity.tolerances
+    n = len(parity.per_input)
+    agreeing = round(parity.top1_agreement * n)
     rows = [
-        ("max abs error (logits)", _sig(parity["max_abs"]),
-         f"≤ {_plain(tol['max_abs'])}" if tol.get("max_abs") is not None else "reported, not gated"),
-        ("mean abs error", _sig(parity["mean_abs"]), "—"),
-        ("max relative error", _sig(parity["max_rel"]), "—"),
-        ("min cosine similarity", _cosine(parity["min_cosine"]), f"≥ {_plain(tol['min_cosine'])} on every input"),
-        ("top-1 agreement", f"{agreeing}/{n} inputs ({parity['top1_agreement'] * 100:.3g}%)",
-         "same top-1 class on every input (a tie within the measured error counts)" if tol.get("top1_agreement")
+        ("max abs error (logits)", _sig(parity.max_abs),
+         f"≤ {_plain(tol.max_abs)}" if tol.max_abs is not None else "reported, not gated"),
+        ("mean abs error", _sig(parity.mean_abs), "—"),
+        ("max relative error", _sig(parity.max_rel), "—"),
+        ("min cosine similarity", _cosine(parity.min_cosine), f"≥ {_plain(tol.min_cosine)} on every input"),
+        ("top-1 agreement", f"{agreeing}/{n} inputs ({parity.top1_agreement * 100:.3g}%)",
+         "same top-1 class on every input (a tie within the measured error counts)" if tol.top1_agreement
          else "reported, not gated"),
+        ("top-1 ties", str(parity.top1_ties),
+         "allowed: the reference scores the exported top-1 class within the measured error"),
+        ("mean top-5 overlap", f"{_sig(parity.mean_top5_overlap)} of 5", "—"),
     ]
-    if "top1_ties" in parity:
-        rows.append(("top-1 ties", str(parity["top1_ties"]),
-                     "allowed: the reference scores the exported top-1 class within the measured error"))
-    rows.append(("mean top-5 overlap", f"{_sig(parity['mean_top5_overlap'])} of 5", "—"))
     return _table(("check", "measured", "gate"), rows)
 
 
-def _runtime_parity_table(runtime_parity: dict) -> str:
+def _runtime_parity_table(runtime_parity: Mapping[str, ParityReport]) -> str:
     """One row per deployment runtime that ran the reference inputs (``runtime_parity``)."""
     rows = []
     for backend, report in runtime_parity.items():
-        n = len(report["per_input"])
-        tol = report["tolerances"]
-        gate = (f"max abs ≤ {_plain(tol['max_abs'])}, " if tol.get("max_abs") is not None else "") + \
-            f"cosine ≥ {_plain(tol['min_cosine'])}"
-        rows.append((_code(backend), _sig(report["max_abs"]), _cosine(report["min_cosine"]),
-                     f"{round(report['top1_agreement'] * n)}/{n}", gate, "passed" if report["passed"] else "FAILED"))
+        n = len(report.per_input)
+        tol = report.tolerances
+        gate = (f"max abs ≤ {_plain(tol.max_abs)}, " if tol.max_abs is not None else "") + \
+            f"cosine ≥ {_plain(tol.min_cosine)}"
+        rows.append((_code(backend), _sig(report.max_abs), _cosine(report.min_cosine),
+                     f"{round(report.top1_agreement * n)}/{n}", gate, "passed" if report.passed else "FAILED"))
     return _table(("runtime", "max abs", "min cosine", "top-1 agree", "gate", "result"), rows)
 
 
-def _latency_table(entries: Sequence[dict]) -> str:
+def _latency_table(entries: Sequence[LatencyEntry]) -> str:
     """One row per latency entry, with the machine it was measured on."""
     rows = []
     for e in entries:
-        stats = e["stats_ms"]
-        threads = e.get("compute_units") or ("runtime's own" if e["threads"] is None else str(e["threads"]))
-        method = e["method"]
-        runs = f"{e['warmup_runs']} + {e['timed_runs']} ({method['windows']} windows"
-        runs += ", not converged)" if method["converged"] is False else ")"
-        noise = "one run" if e["noise"] is None else f"{e['noise']:.1%}"
-        rows.append((f"{e['backend']} {e['runtime_version']}", _MEASURED.get(e["measured"], e["measured"]),
-                     e["batch_size"], e["precision"], threads, _ms(stats["p50"]), _ms(stats["p90"]),
-                     _ms(stats["p99"]), _ms(stats["mean"]), _rate(e.get("images_per_second")), noise, runs,
-                     _device_summary(e["device"])))
+        stats = e.stats_ms
+        threads = e.compute_units or ("runtime's own" if e.threads is None else str(e.threads))
+        method = e.method
+        runs = f"{e.warmup_runs} + {e.timed_runs} ({method.windows} windows"
+        runs += ", not converged)" if method.converged is False else ")"
+        noise = "one run" if e.noise is None else f"{e.noise:.1%}"
+        rows.append((f"{e.backend} {e.runtime_version}", _MEASURED.get(e.measured, e.measured),
+                     e.batch_size, e.precision, threads, _ms(stats.p50), _ms(stats.p90),
+                     _ms(stats.p99), _ms(stats.mean), _rate(e.images_per_second), noise, runs,
+                     _device_summary(e.device)))
     return _table(("runtime", "measured", "batch", "precision", "threads / compute units", "p50", "p90", "p99",
                    "mean", "images/s", "noise", "warm-up + timed runs", "device"), rows)
 
 
-def _files_table(files: dict) -> str:
+def _files_table(files: Mapping[str, FileEntry]) -> str:
     """Every file of the package but the card itself, with its size and sha256."""
-    rows = [(_code(name), f"{entry['bytes']:,}", _code(entry["sha256"]))
+    rows = [(_code(name), f"{entry.bytes:,}", _code(entry.sha256))
             for name, entry in files.items() if name != CARD_FILE]
     return _table(("file", "bytes", "sha256"), rows)
 
 
-def _versions_table(versions: dict) -> str:
-    """The tool versions, efexport's git commit named as such."""
+def _versions_table(versions: ToolVersions) -> str:
+    """The tool versions (efexport's, then each tracked package's, in the manifest's order), efexport's git commit
+    named as such."""
     rows = []
-    for tool, version in versions.items():
+    for tool, version in versions.as_json().items():
         if tool == "efexport_git_commit":
             rows.append(("efexport git commit", _code(version) if version else "not recorded (not a git checkout)"))
         else:
@@ -354,15 +368,19 @@ def template_name(fmt: str) -> str:
     return name if _card_template(name) is not None else BASE_TEMPLATE
 
 
-def model_card(manifest: dict) -> str:
-    """The package's README.md (Markdown) from its efexport.manifest/3 manifest: same manifest, same text."""
-    template = _environment().get_template(template_name(str(manifest["target"]["format"])))
+def model_card(manifest: Manifest | Mapping[str, Any]) -> str:
+    """The package's README.md (Markdown) from its efexport.manifest/3 manifest (typed, or JSON data validated here:
+    pydantic's ValidationError if it is not one): same manifest, same text."""
+    if not isinstance(manifest, Manifest):
+        manifest = Manifest.model_validate(manifest)
+    target = manifest.target
+    template = _environment().get_template(template_name(target.format))
     text = template.render(
-        manifest=manifest, model=manifest["model"], target=manifest["target"], package=manifest["package"],
-        weights=manifest["weights"], pre=manifest["preprocessing"], inputs=manifest["inputs"],
-        outputs=manifest["outputs"], parity=manifest["parity"], versions=manifest["versions"],
-        model_file=manifest["target"]["model_file"], input_name=manifest["inputs"][0]["name"],
-        output_names=[spec["name"] for spec in manifest["outputs"]],
+        manifest=manifest, model=manifest.model, target=target, package=manifest.package,
+        weights=manifest.weights, pre=manifest.preprocessing, inputs=manifest.inputs,
+        outputs=manifest.outputs, parity=manifest.parity, versions=manifest.versions,
+        model_file=target.model_file, input_name=manifest.inputs[0].name,
+        output_names=[spec.name for spec in manifest.outputs],
     )
     return text.rstrip("\n") + "\n"  # exactly one final newline, whatever the last block left
 

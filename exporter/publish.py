@@ -57,6 +57,8 @@ from filelock import FileLock
 from efexport.exporter.bundle import CHECKSUM_SUFFIX, bundle_name, check_members, is_bundle, write_bundle
 from efexport.exporter.errors import OutputError, PublishError, PublishRefused, UsageError, VerifyError
 from efexport.exporter.manifest import MANIFEST_FILE, read_manifest, sha256_of
+from efexport.exporter.manifest_model import CheckpointWeights, LatencyEntry, Manifest, RandomInitWeights
+from efexport.exporter.manifest_schema import typed_manifest
 from efexport.exporter.output import FileContent, check_output_root, write_atomically
 from efexport.exporter.targets import TARGETS
 
@@ -450,8 +452,8 @@ def _read_evidence(paths: Sequence[Path]) -> list[_Evidence]:
     return [evidence[name] for name in sorted(evidence)]
 
 
-def _bundle_members(bundle: Path) -> tuple[dict, bytes, bytes | None]:
-    """The manifest (parsed and raw) and the model card from a verified bundle."""
+def _bundle_json(bundle: Path) -> tuple[object, bytes, bytes | None]:
+    """The manifest (as JSON data, and raw) and the model card from a bundle whose members are safe."""
     with zipfile.ZipFile(bundle) as archive:
         top = check_members(archive, str(bundle))
         raw = archive.read(f"{top}/{MANIFEST_FILE}")
@@ -461,40 +463,46 @@ def _bundle_members(bundle: Path) -> tuple[dict, bytes, bytes | None]:
     return json.loads(raw), raw, card
 
 
-def _identity(manifest: dict) -> tuple[str, str]:
+def _bundle_members(bundle: Path) -> tuple[Manifest, bytes, bytes | None]:
+    """The manifest (typed and raw) and the model card from a verified bundle."""
+    data, raw, card = _bundle_json(bundle)
+    return typed_manifest(data, f"{bundle}: {MANIFEST_FILE}"), raw, card
+
+
+def _identity(manifest: Manifest) -> tuple[str, str]:
     """(model, target) from the package name, e.g. efficientformer-l3-coreml-fp16 -> efficientformer-l3, coreml-fp16."""
-    name = manifest["package"]["name"]
-    target = f"{manifest['target']['format']}-{manifest['target']['precision']}"  # the family names the rest
+    name = manifest.package.name
+    target = f"{manifest.target.format}-{manifest.target.precision}"  # the family names the rest
     if not name.endswith("-" + target) or name == "-" + target:
         raise PublishRefused(f"package name {name!r} does not end with its target {target!r}")
     model = name.removesuffix("-" + target)
-    if not model.endswith("-" + str(manifest["model"]["variant"])):
-        raise PublishRefused(f"package name {name!r} does not name its variant {manifest['model']['variant']!r}")
+    if not model.endswith("-" + str(manifest.model.variant)):
+        raise PublishRefused(f"package name {name!r} does not name its variant {manifest.model.variant!r}")
     return _check_segment(model, "model", PublishRefused), _check_segment(target, "target", PublishRefused)
 
 
-def _weights_summary(weights: dict) -> dict:
-    keep = ("source", "sha256") if weights.get("source") == "checkpoint" else ("source", "seed")
-    return {k: weights.get(k) for k in keep}
+def _weights_summary(weights: RandomInitWeights | CheckpointWeights) -> dict:
+    if isinstance(weights, CheckpointWeights):
+        return {"source": weights.source, "sha256": weights.sha256}
+    return {"source": weights.source, "seed": weights.seed}
 
 
-def _latency_summary(latency: list[dict]) -> list[dict]:
+def _latency_summary(latency: Sequence[LatencyEntry]) -> list[dict]:
     rows = []
     for entry in latency:
-        stats, device = entry.get("stats_ms", {}), entry.get("device") or {}
-        rows.append({"backend": entry.get("backend"), "measured": entry.get("measured"),
-                     "batch_size": entry.get("batch_size"), "precision": entry.get("precision"),
-                     "p50_ms": stats.get("p50"), "p90_ms": stats.get("p90"),
+        device = entry.device.model_extra or {}  # the machine's name (a GPU) or its cpu: facts beyond ``kind``
+        rows.append({"backend": entry.backend, "measured": entry.measured, "batch_size": entry.batch_size,
+                     "precision": entry.precision, "p50_ms": entry.stats_ms.p50, "p90_ms": entry.stats_ms.p90,
                      "device": device.get("name") or device.get("cpu")})
     return rows
 
 
-def index_entry(manifest: dict, folder: str, bundle: _Object, objects: Sequence[_Object],
+def index_entry(manifest: Manifest, folder: str, bundle: _Object, objects: Sequence[_Object],
                 evidence: Sequence[_Evidence]) -> dict:
     """The index's record of one published package (published_at is added when the index is written)."""
     by_name = {PurePosixPath(o.key).name: o for o in objects}
     card = by_name.get(_card_file())
-    target, parity, versions = manifest["target"], manifest["parity"], manifest.get("versions", {})
+    target, parity, versions = manifest.target, manifest.parity, manifest.versions
     return {
         "folder": folder,
         "bundle": bundle.key, "sha256": bundle.sha256, "bytes": bundle.bytes,
@@ -504,16 +512,17 @@ def index_entry(manifest: dict, folder: str, bundle: _Object, objects: Sequence[
         "evidence": {e.name: {"key": f"{folder}/{EVIDENCE_DIR}/{e.name}",
                               "sha256": hashlib.sha256(e.data).hexdigest()} for e in evidence},
         "objects": {o.key: o.sha256 for o in objects},
-        "variant": manifest["model"]["variant"], "format": target["format"], "precision": target["precision"],
-        "weights": _weights_summary(manifest["weights"]),
-        "deployable": manifest["package"].get("deployable"),
-        "parity": {k: parity.get(k) for k in ("passed", "max_abs", "min_cosine", "top1_agreement")},
-        "latency": _latency_summary(manifest.get("latency", [])),
-        "efexport": {"version": versions.get("efexport"), "git_commit": versions.get("efexport_git_commit")},
+        "variant": manifest.model.variant, "format": target.format, "precision": target.precision,
+        "weights": _weights_summary(manifest.weights),
+        "deployable": manifest.package.deployable,
+        "parity": {"passed": parity.passed, "max_abs": parity.max_abs, "min_cosine": parity.min_cosine,
+                   "top1_agreement": parity.top1_agreement},
+        "latency": _latency_summary(manifest.latency),
+        "efexport": {"version": versions.efexport, "git_commit": versions.efexport_git_commit},
     }
 
 
-def _plan(bundle: Path, manifest: dict, raw_manifest: bytes, card: bytes | None, version: str,
+def _plan(bundle: Path, manifest: Manifest, raw_manifest: bytes, card: bytes | None, version: str,
           evidence: Sequence[_Evidence]) -> _Plan:
     model, target = _identity(manifest)
     digest = sha256_of(bundle)
@@ -529,23 +538,22 @@ def _plan(bundle: Path, manifest: dict, raw_manifest: bytes, card: bytes | None,
     return _Plan(model, version, target, folder, bundle_object, tuple(objects), entry)
 
 
-def gate_problems(manifest: dict, allow_random_weights: bool = False, **allowed: bool) -> list[str]:
+def gate_problems(manifest: Manifest, allow_random_weights: bool = False, **allowed: bool) -> list[str]:
     """Why the manifest's package may not be published (empty: it may): parity, weights, and what its target
     declares (``TargetSpec.publish_allowance``: e.g. a TensorRT package without its engine, unless
     ``allow_no_engine``)."""
     problems = []
-    if not manifest.get("parity", {}).get("passed"):
+    if not manifest.parity.passed:
         problems.append("the parity gate did not pass")
-    for backend, report in (manifest.get("runtime_parity") or {}).items():
-        if not (report or {}).get("passed"):
+    for backend, report in (manifest.runtime_parity or {}).items():
+        if not report.passed:
             problems.append(f"parity on {backend} did not pass")
-    weights = manifest.get("weights", {})
-    if weights.get("source") == "random-init" and not allow_random_weights:
-        problems.append(f"random-init weights (seed {weights.get('seed')}): the model computes nothing meaningful; "
+    weights = manifest.weights
+    if isinstance(weights, RandomInitWeights) and not allow_random_weights:
+        problems.append(f"random-init weights (seed {weights.seed}): the model computes nothing meaningful; "
                         "pass --allow-random-weights to publish it anyway")
-    spec = TARGETS.get(str((manifest.get("target") or {}).get("format")))
-    allowance = spec.publish_allowance if spec else None
-    if allowance and not allowed.get(allowance.param) and (why := allowance.blocks(manifest)):
+    allowance = TARGETS[manifest.target.format].publish_allowance
+    if allowance and not allowed.get(allowance.param) and (why := allowance.blocks(manifest.target)):
         problems.append(why)
     return problems
 
@@ -564,20 +572,29 @@ def _verified_or_refused(source: Path, threads: int) -> None:
 
 def recorded_version(source: Path) -> str:
     """The efexport version that made the package (``versions.efexport`` of its manifest): the default --version."""
-    versions = package_manifest(source).get("versions")
-    version = versions.get("efexport") if isinstance(versions, dict) else None
-    if not isinstance(version, str) or not version:
-        raise PublishRefused(f"{source}: does not verify: its manifest records no efexport version "
-                             "(versions/efexport), the default --version")
-    return version
+    try:
+        return typed_manifest(_package_json(source), MANIFEST_FILE).versions.efexport
+    except VerifyError as exc:
+        raise PublishRefused(f"{source}: does not verify, so versions/efexport (the default --version) cannot be "
+                             f"read: {exc}") from None
 
 
-def package_manifest(source: Path) -> dict:
-    """The manifest of a package directory or bundle (to name a default version before publishing)."""
+def package_manifest(source: Path) -> Manifest:
+    """The manifest of a package directory or bundle (to name a default version before publishing); PublishRefused
+    when it cannot be read or does not follow its schema."""
+    try:
+        return typed_manifest(_package_json(source), MANIFEST_FILE)
+    except VerifyError as exc:
+        raise PublishRefused(f"{source}: does not verify: {exc}") from None
+
+
+def _package_json(source: Path) -> object:
+    """The manifest of a package directory or bundle as JSON data, not checked yet; PublishRefused when there is
+    none or it cannot be read."""
     source = Path(source)
     if is_bundle(source):
         try:
-            return _bundle_members(source)[0]
+            return _bundle_json(source)[0]
         except (OSError, zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
             raise PublishRefused(f"{source}: not a readable bundle ({exc})") from None
         except VerifyError as exc:

@@ -5,7 +5,9 @@ follows its JSON Schema; every file's sha256 matches the manifest; the model rep
 ``reference_io.npz`` within the recorded tolerances on the package's own runtime (ONNX Runtime, the Core ML
 reference interpreter, ONNX Runtime on TensorRT's prepared graph); and on every other runtime of the target
 present on this machine (Core ML on macOS, the TensorRT engine where TensorRT and a GPU exist). With
-``latency`` each deployment runtime present is also timed, in the manifests' latency schema.
+``latency`` each deployment runtime present is also timed, in the manifests' latency schema. The manifest is
+read as the typed ``Manifest``; one that breaks its schema is reported (every problem, and every file whose
+hash differs from what it lists), but nothing is run from it: its target, recipe and tolerances are untrusted.
 
 The export's package stage verifies its own result with what its validate stage already computed
 (``ValidatedRun``): the parity runner's outputs are taken as the package's when the model file computes what
@@ -25,7 +27,8 @@ import numpy as np
 from efexport.exporter.bundle import checksum_problems, is_bundle, opened_bundle
 from efexport.exporter.errors import VerifyError
 from efexport.exporter.manifest import MANIFEST_FILE, REFERENCE_FILE, file_table, read_manifest
-from efexport.exporter.manifest_schema import schema_problems
+from efexport.exporter.manifest_model import Manifest
+from efexport.exporter.manifest_schema import typed_or_problems
 from efexport.exporter.recipes import Recipe, Tolerances
 from efexport.exporter.runtimes import measure_latency, model_digest, runtime_parity, timed_runtimes
 from efexport.exporter.targets import TARGETS
@@ -68,17 +71,28 @@ class ValidatedRun:
         return self.outputs if model_digest(model_path) == self.model_digest else None
 
 
-def _file_problems(directory: Path, recorded: dict) -> list[str]:
+def _recorded_digests(manifest: Manifest | None, raw: object) -> dict[str, object]:
+    """The manifest's file table as {path: sha256}: from the typed manifest, or, when the manifest breaks its
+    schema, whatever its ``files`` holds (a bad entry's digest is None; the schema problems name it), so that a
+    tampered package still has its files checked."""
+    if manifest is not None:
+        return {name: entry.sha256 for name, entry in manifest.files.items()}
+    files = raw.get("files") if isinstance(raw, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    return {name: entry.get("sha256") if isinstance(entry, dict) else None for name, entry in files.items()}
+
+
+def _file_problems(directory: Path, recorded: dict[str, object]) -> list[str]:
     present = file_table(directory)
     problems = [f"missing file {name}" for name in recorded if name not in present]
     problems += [f"unexpected file {name} (not in the manifest)" for name in present if name not in recorded]
-    problems += [f"{name}: sha256 differs from the manifest (modified?)" for name, entry in recorded.items()
-                 if name in present and present[name]["sha256"] != (entry.get("sha256") if isinstance(entry, dict)
-                                                                     else None)]  # the schema names a bad entry
+    problems += [f"{name}: sha256 differs from the manifest (modified?)" for name, digest in recorded.items()
+                 if name in present and present[name]["sha256"] != digest]
     return problems
 
 
-def _model_file_problem(model_file: object, recorded: dict) -> str | None:
+def _model_file_problem(model_file: object, recorded: dict[str, object]) -> str | None:
     """Why ``target.model_file`` cannot be run, or None: it must name a file (or, for Core ML, a folder) of this
     package that its file table lists. A tampered manifest must not make verify open a path elsewhere."""
     if not isinstance(model_file, str) or not model_file:
@@ -103,17 +117,15 @@ def other_runtimes_present(target, model_path: Path, recipe: Recipe) -> tuple[li
     return runners, {}
 
 
-def _check_runtimes(directory: Path, manifest: dict, threads: int, latency: bool,
+def _check_runtimes(directory: Path, manifest: Manifest, threads: int, latency: bool,
                     validated: ValidatedRun | None = None) -> tuple[list[str], dict]:
     """Parity on every runtime present here (and latency if asked); problems and the report's fields."""
-    fmt = manifest["target"]["format"]
-    if fmt not in TARGETS:
-        raise VerifyError(f"{directory}: no runtime on this machine for target format {fmt!r}")
-    target = TARGETS[fmt].load()
-    model_path = directory / manifest["target"]["model_file"]
+    fmt = manifest.target.format
+    target = TARGETS[fmt].load()  # the schema allows only registered formats
+    model_path = directory / manifest.target.model_file
     reference = ReferenceSet.load(directory / REFERENCE_FILE)
-    recipe = Recipe.model_validate(manifest["recipe"]["values"])
-    tolerances = Tolerances.model_validate(manifest["parity"]["tolerances"])
+    recipe = Recipe.model_validate(manifest.recipe.values.as_json())
+    tolerances = Tolerances.model_validate(manifest.parity.tolerances.as_json())
     outputs = validated.outputs_for(model_path, reference) if validated else None
     if outputs is None:  # a stranger's model that crashes the runtime kills a child
         outputs = outputs_isolated(lambda inputs: target.open_runner(model_path, threads)(inputs),
@@ -145,18 +157,21 @@ def verify_artifact(directory: Path, threads: int = 2, latency: bool = False,
         raise VerifyError(f"{directory}: no such package directory or bundle")
     if not directory.is_dir():
         raise VerifyError(f"{directory}: not a package directory or a bundle (.zip)")
-    manifest = read_manifest(directory)
-    problems = [f"manifest: {p}" for p in schema_problems(manifest)]
-    recorded = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    raw = read_manifest(directory)
+    manifest, manifest_problems = typed_or_problems(raw)
+    problems = [f"manifest: {p}" for p in manifest_problems]
+    recorded = _recorded_digests(manifest, raw)
     problems += _file_problems(directory, recorded)
     fields: dict = {"parity": None}
-    target = manifest.get("target") if isinstance(manifest.get("target"), dict) else {}
-    model_problem = _model_file_problem(target.get("model_file"), recorded)
+    model_problem = _model_file_problem(manifest.target.model_file, recorded) if manifest else None
     problems += [model_problem] if model_problem else []
     if REFERENCE_FILE not in recorded and not (directory / REFERENCE_FILE).is_file():  # listed: reported as missing
         problems.append(f"missing {REFERENCE_FILE}: parity cannot be checked")
+    if manifest is None:  # its target, tolerances and recipe are what parity needs: none of them can be trusted
+        problems.append("parity: not checked: the manifest does not follow its schema (above)")
     # Parity runs even when a hash differs: a changed model must also be caught by what it computes.
-    if not model_problem and (directory / target["model_file"]).exists() and (directory / REFERENCE_FILE).is_file():
+    elif not model_problem and (directory / manifest.target.model_file).exists() \
+            and (directory / REFERENCE_FILE).is_file():
         try:
             runtime_problems, fields = _check_runtimes(directory, manifest, threads, latency, validated)
             problems += runtime_problems
@@ -166,7 +181,10 @@ def verify_artifact(directory: Path, threads: int = 2, latency: bool = False,
             problems.append(f"parity: could not run the model on the reference inputs: {type(exc).__name__}: {exc}")
     if fields["parity"] is None and not problems:  # never a pass without parity
         problems.append("parity was not checked")
-    package = manifest.get("package") if isinstance(manifest.get("package"), dict) else {}
+    if manifest is not None:
+        package = manifest.package.as_json()
+    else:  # what a manifest that breaks its schema says of the package (a bundle's folder is checked against it)
+        package = raw.get("package") if isinstance(raw.get("package"), dict) else {}
     return VerifyReport(str(directory), not problems, tuple(problems), len(recorded) + 1, package=package, **fields)
 
 

@@ -19,7 +19,6 @@ from efexport.exporter.manifest_model import (
     LatencySchemaId,
     Manifest,
     ManifestSchemaId,
-    TensorRTEngine,
     TensorSpec,
     dump_manifest,
 )
@@ -33,6 +32,7 @@ from efexport.exporter.manifest_schema import (
     schema_problems,
     schema_text,
 )
+from efexport.exporter.targets.tensorrt.facts import TensorRTEngine
 from efexport.validate.latency import LATENCY_SCHEMA
 
 pytestmark = pytest.mark.xdist_group("l1-packages")  # one worker exports the shared packages once

@@ -274,26 +274,34 @@ def test_every_target_has_its_own_card_template() -> None:
         assert source.startswith('{% extends "card.md.j2" %}'), name
 
 
-def test_the_card_of_each_target_comes_from_its_template(real: tuple[str, Path, dict]) -> None:
+def _without_own_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for a registered target that has no card template yet (a manifest's format is always registered)."""
+    monkeypatch.setattr(model_card_module, "template_name", lambda fmt: BASE_TEMPLATE)
+
+
+def test_the_card_of_each_target_comes_from_its_template(real: tuple[str, Path, dict],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     target, _, manifest = real
-    usage = model_card(manifest).split("### Usage\n\n")[1].split("\n## ")[0]
-    generic = model_card(manifest | {"target": manifest["target"] | {"format": "coreai"}})
+    own = model_card(manifest)
+    usage = own.split("### Usage\n\n")[1].split("\n## ")[0]
+    _without_own_template(monkeypatch)
+    generic = model_card(manifest)
     assert "efexport writes no usage snippet" not in usage
     assert usage not in generic  # the target's own usage, not the base's
-    assert model_card(manifest).splitlines()[0] == TITLES[target]
+    assert own.splitlines()[0] == TITLES[target]
 
 
-def test_an_unknown_format_gets_the_base_card(onnx: dict) -> None:
+def test_a_format_without_its_own_template_gets_the_base_card(onnx: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     assert template_name("coreai") == BASE_TEMPLATE
-    onnx["target"]["format"] = "coreai"
+    _without_own_template(monkeypatch)
     card = model_card(onnx)
-    assert card.splitlines()[0] == "# EfficientFormer-L1 — coreai (fp32)"
-    assert "exported to coreai. Model file `model.onnx`" in card
+    assert card.splitlines()[0] == "# EfficientFormer-L1 — onnx (fp32)"
+    assert "exported to onnx. Model file `model.onnx`" in card
     usage = card.split("### Usage\n\n")[1].split("\n## ")[0]
-    assert usage.startswith("efexport writes no usage snippet for the `coreai` format")
+    assert usage.startswith("efexport writes no usage snippet for the `onnx` format")
     assert "def preprocess(path: str) -> np.ndarray:" in usage  # the recorded preprocessing still applies
     assert "onnxruntime" not in usage and "coremltools" not in usage and "trtexec" not in usage
-    assert "Runtime: the `coreai` target's own runner on `model.onnx`." in card
+    assert "Runtime: the `onnx` target's own runner on `model.onnx`." in card
     assert "ONNX Runtime" not in _section(card, "What was verified")
     for block in re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL):
         compile(block, "<card>", "exec")

@@ -25,6 +25,7 @@ import pytest
 from efexport.exporter.bundle import Bundle, write_bundle
 from efexport.exporter.errors import ExitCode, PublishError, PublishRefused, UsageError
 from efexport.exporter.manifest import sha256_of
+from efexport.exporter.manifest_model import Manifest
 from efexport.exporter.model_card import CARD_FILE
 from efexport.exporter.publish import (
     INDEX_KEY,
@@ -339,7 +340,7 @@ def test_evidence_of_a_published_version_changes_only_with_force(tmp_path: Path,
     assert_index_consistent(store)
 
 
-def test_usage_errors_and_gates(tmp_path: Path, packages: tuple[Path, Path]) -> None:
+def test_usage_errors_and_gates(tmp_path: Path, packages: tuple[Path, Path], tensorrt: dict) -> None:
     store = LocalStore(tmp_path / "registry")
     with pytest.raises(UsageError, match=re.escape("--version '../1.0'")):
         _publish(packages[0], store, "../1.0")
@@ -349,16 +350,19 @@ def test_usage_errors_and_gates(tmp_path: Path, packages: tuple[Path, Path]) -> 
         _publish(packages[0], store, evidence=[broken])
     assert store.list_keys() == []
 
-    manifest = json.loads((packages[0] / "manifest.json").read_text())
+    raw = json.loads((packages[0] / "manifest.json").read_text())
+    manifest = Manifest.model_validate(raw)
     assert gate_problems(manifest, allow_random_weights=True) == []
     (random_init,) = gate_problems(manifest)
     assert "random-init weights (seed 0)" in random_init
-    failed = manifest | {"parity": manifest["parity"] | {"passed": False},
-                         "runtime_parity": {"coreml": {"passed": False}}}
+    failing = raw["parity"] | {"passed": False, "failures": ["max abs 1 > 0.001"]}
+    report = {key: value for key, value in failing.items() if key not in ("reference_file", "compared_against")}
+    failed = Manifest.model_validate(raw | {"parity": failing, "runtime_parity": {"coreml": report}})
     assert gate_problems(failed, allow_random_weights=True) == ["the parity gate did not pass",
                                                                 "parity on coreml did not pass"]
-    no_engine = manifest | {"target": manifest["target"] | {"format": "tensorrt",
-                                                            "engine": {"built": False, "reason": "no GPU"}}}
+    tensorrt["target"]["engine"] = {"built": False, "reason": "no GPU"}
+    tensorrt["package"] |= {"deployable": False, "not_deployable_because": ["no TensorRT engine was built (no GPU)"]}
+    no_engine = Manifest.model_validate(tensorrt)
     (problem,) = gate_problems(no_engine, allow_random_weights=True)
     assert "no TensorRT engine was built (no GPU)" in problem
     assert gate_problems(no_engine, allow_random_weights=True, allow_no_engine=True) == []

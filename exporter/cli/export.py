@@ -131,6 +131,7 @@ def run_export_command(spec: TargetSpec, overrides: dict[str, Any], *, variant: 
     def work() -> Any:
         final_recipe, path = load_target_recipe(spec.name, recipe, overrides, no_pass)
         spec.load()  # a missing extra fails here, before any work, naming the extra
+        from efexport.exporter.manifest_model import Manifest
         from efexport.exporter.pipeline import TRACE_FILE, ExportRequest, StageReporter, run_export  # torch: late
         from efexport.exporter.profiling import PipelineProfiler
 
@@ -138,25 +139,27 @@ def run_export_command(spec: TargetSpec, overrides: dict[str, Any], *, variant: 
                                 recipe_source=str(path), force=force, trace=trace)
         console = stderr(quiet)
         result = run_export(request, StageReporter(console, PipelineProfiler() if profile else None))
+        manifest = Manifest.model_validate(result.manifest)  # checked against its schema by the package stage
         if console:
-            console.print(summary_table(result))
+            console.print(summary_table(result.artifact, manifest))
             if result.profile:
                 console.print(profile_table([(spec.name, result.profile)]))
             if trace:
                 console.print(trace_table(json.loads((result.artifact / TRACE_FILE).read_text())))
-        return result
+        return result, manifest
 
-    result = run_guarded(as_json, work)
-    manifest = result.manifest
-    outcome = spec.outcome(manifest) if spec.outcome else None
+    result, manifest = run_guarded(as_json, work)
+    outcome = spec.outcome(manifest.target) if spec.outcome else None
     if as_json:
+        parity = manifest.parity
+        engine = getattr(manifest.target, "engine", None)  # a target's own fact (TensorRT), not every target's
         json_out({"status": outcome.status if outcome else "ok", "artifact": str(result.artifact),
-                  "variant": manifest["model"]["variant"], "weights": manifest["weights"],
-                  "parity": {k: manifest["parity"][k] for k in (
-                      "passed", "max_abs", "mean_abs", "max_rel", "min_cosine", "top1_agreement",
-                      "mean_top5_overlap")},
-                  "latency": manifest["latency"], "latency_note": manifest.get("latency_note"),
-                  "engine": manifest["target"].get("engine"), "stage_seconds": result.stage_seconds}
+                  "variant": manifest.model.variant, "weights": manifest.weights.as_json(),
+                  "parity": {"passed": parity.passed, "max_abs": parity.max_abs, "mean_abs": parity.mean_abs,
+                             "max_rel": parity.max_rel, "min_cosine": parity.min_cosine,
+                             "top1_agreement": parity.top1_agreement, "mean_top5_overlap": parity.mean_top5_overlap},
+                  "latency": [entry.as_json() for entry in manifest.latency], "latency_note": manifest.latency_note,
+                  "engine": engine.as_json() if engine is not None else None, "stage_seconds": result.stage_seconds}
                  | ({"profile": result.profile} if result.profile else {}))
     if outcome:
         if not quiet:
@@ -169,6 +172,7 @@ def _export_one(spec: TargetSpec, recipe_path: Path | None, overrides: dict[str,
                 console: Console | None, bundle_dir: Path | None, profile: bool, shared: Any) -> dict:
     """One target of ``efexport all``: its outcome as a row; a user-facing error is a failed row, not an abort."""
     from efexport.exporter.bundle import write_bundle
+    from efexport.exporter.manifest_model import Manifest
     from efexport.exporter.pipeline import ExportRequest, StageReporter, run_export
     from efexport.exporter.profiling import PipelineProfiler, release_memory
 
@@ -181,9 +185,10 @@ def _export_one(spec: TargetSpec, recipe_path: Path | None, overrides: dict[str,
         request = ExportRequest(variant=variant, weights=weights, seed=seed, out_dir=out, recipe=recipe,
                                 recipe_source=str(path), force=force)
         result = run_export(request, reporter, shared)
-        outcome = spec.outcome(result.manifest) if spec.outcome else None
+        manifest = Manifest.model_validate(result.manifest)  # checked against its schema by the package stage
+        outcome = spec.outcome(manifest.target) if spec.outcome else None
         row |= {"status": outcome.status if outcome else "ok", "exit_code": 0, "artifact": str(result.artifact),
-                "package": result.manifest["package"], "parity_max_abs": result.manifest["parity"]["max_abs"]}
+                "package": manifest.package.as_json(), "parity_max_abs": manifest.parity.max_abs}
         if bundle_dir is not None:
             row["bundle"] = write_bundle(result.artifact, bundle_dir).to_dict()
     except EfexportError as exc:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from efexport.exporter.profiling import format_bytes
+
+if TYPE_CHECKING:
+    from efexport.exporter.manifest_model import Manifest
 
 
 def fold_table(report: dict, title: str) -> Table:
@@ -21,33 +25,32 @@ def fold_table(report: dict, title: str) -> Table:
     return table
 
 
-def summary_table(result: Any) -> Table:
-    manifest = result.manifest
-    parity = manifest["parity"]
-    table = Table(title=f"{result.artifact}", show_header=False, title_justify="left")
-    table.add_row("weights", manifest["weights"]["source"] if manifest["weights"]["source"] != "checkpoint"
-                  else f"{manifest['weights']['file']} ({manifest['weights']['layout']}, "
-                       f"sha256 {manifest['weights']['sha256'][:12]})")
-    table.add_row("parity", f"{'passed' if parity['passed'] else 'FAILED'}: max abs {parity['max_abs']:.2e}, "
-                            f"min cosine {parity['min_cosine']:.7f}, top-1 {parity['top1_agreement']:.0%} "
-                            f"on {len(parity['per_input'])} inputs")
-    for latency in manifest["latency"]:
-        stats = latency["stats_ms"]
-        threads = f", {latency['threads']} threads" if latency["threads"] else ""
-        table.add_row("latency", f"p50 {stats['p50']:.2f} ms, p90 {stats['p90']:.2f} ms, p99 {stats['p99']:.2f} ms "
-                                 f"({latency['backend']}, batch {latency['batch_size']}{threads})")
-    if "latency_note" in manifest:
-        table.add_row("latency", f"not measured: {manifest['latency_note']}")
-    execution = manifest.get("reference_execution")
-    if execution and execution["fp16_largest_activations"]:
-        top = execution["fp16_largest_activations"][0]
-        table.add_row("fp16 headroom", f"largest activation {top['max_abs']:.4g} ({top['op']} {top['var']}), "
-                                       f"{top['fraction_of_limit']:.2%} of the fp16 limit")
-    fold = manifest["fold"]
-    table.add_row("fold", f"{len(fold['passes'])} passes, {sum(fold['op_counts_before'].values())} -> "
-                          f"{sum(fold['op_counts_after'].values())} traced ops, max abs error "
-                          f"{max((r['max_abs_error'] for r in fold['passes']), default=0.0):.2e}")
-    table.add_row("ops", ", ".join(f"{op} {n}" for op, n in manifest["target"]["op_counts"].items()))
+def summary_table(artifact: Path, manifest: Manifest) -> Table:
+    """What an export made (its package directory and typed manifest), in a few lines."""
+    parity, weights = manifest.parity, manifest.weights
+    table = Table(title=f"{artifact}", show_header=False, title_justify="left")
+    table.add_row("weights", f"{weights.file} ({weights.layout}, sha256 {weights.sha256[:12]})"
+                  if weights.source == "checkpoint" else weights.source)
+    table.add_row("parity", f"{'passed' if parity.passed else 'FAILED'}: max abs {parity.max_abs:.2e}, "
+                            f"min cosine {parity.min_cosine:.7f}, top-1 {parity.top1_agreement:.0%} "
+                            f"on {len(parity.per_input)} inputs")
+    for latency in manifest.latency:
+        stats = latency.stats_ms
+        threads = f", {latency.threads} threads" if latency.threads else ""
+        table.add_row("latency", f"p50 {stats.p50:.2f} ms, p90 {stats.p90:.2f} ms, p99 {stats.p99:.2f} ms "
+                                 f"({latency.backend}, batch {latency.batch_size}{threads})")
+    if manifest.latency_note is not None:
+        table.add_row("latency", f"not measured: {manifest.latency_note}")
+    execution = manifest.reference_execution
+    if execution and execution.fp16_largest_activations:
+        top = execution.fp16_largest_activations[0]
+        table.add_row("fp16 headroom", f"largest activation {top.max_abs:.4g} ({top.op} {top.var}), "
+                                       f"{top.fraction_of_limit:.2%} of the fp16 limit")
+    fold = manifest.fold
+    table.add_row("fold", f"{len(fold.passes)} passes, {sum(fold.op_counts_before.values())} -> "
+                          f"{sum(fold.op_counts_after.values())} traced ops, max abs error "
+                          f"{max((r.max_abs_error for r in fold.passes), default=0.0):.2e}")
+    table.add_row("ops", ", ".join(f"{op} {n}" for op, n in manifest.target.op_counts.items()))
     return table
 
 

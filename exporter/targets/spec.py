@@ -1,13 +1,14 @@
 """What a deployment target declares about itself, as data the rest of efexport reads.
 
 A TargetSpec is light (no torch, no converter): the command line builds the target's export command from it
-(``options``), the recipe model takes its section from it (``recipe_section``), the Makefile's and CI's target
-lists are generated from the registry of specs, and ``load()`` imports the implementation (``Target`` in
-``efexport.exporter.targets.base``: export, runners, metadata) only when an export or a verification needs it.
+(``options``), the recipe model takes its section from it (``recipe_section``), the manifest model its ``target``
+block (``facts``, imported by ``facts_model()``), the Makefile's and CI's target lists are generated from the
+registry of specs, and ``load()`` imports the implementation (``Target`` in ``efexport.exporter.targets.base``:
+export, runners, metadata) only when an export or a verification needs it.
 
 Adding a target: one subpackage ``exporter/targets/<name>/`` (its spec in ``__init__.py``, its implementation,
-its ``card.md.j2``), one line in ``efexport.exporter.targets``' registry, a recipe in ``recipes/``, tests and
-docs.
+its manifest facts in ``facts.py``, its ``card.md.j2``), one line in ``efexport.exporter.targets``' registry,
+a recipe in ``recipes/``, tests and docs.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class PublishAllowance:
 
     flag: str  # "--allow-no-engine"
     help: str
-    blocks: Callable[[dict], str | None]  # manifest -> why it is refused without the flag (None: it is not)
+    blocks: Callable[[Any], str | None]  # its manifest's target block (the facts model) -> why it is refused
+    #                                       without the flag (None: it is not)
 
     @property
     def param(self) -> str:
@@ -80,13 +82,14 @@ class TargetSpec:
     precisions: tuple[str, ...]  # the values of the precision axis it exports (its recipe picks the default)
     default_recipe: str  # file name under recipes/
     implementation: str  # "module:Class" of its Target implementation
+    facts: str  # "module:Class" of its facts in manifest.json (``target``), a manifest_blocks.TargetFacts model
     options: tuple[TargetOption, ...] = ()  # its export command's own options
     recipe_section: type[BaseModel] | None = None  # its [name] table in a recipe, if it has one
     check_recipe: Callable[[Any], None] | None = None  # rules across sections; raise ValueError with the message
     extra: str | None = None  # the pip extra (efexport[extra]) its converter or runtime needs
     requires: tuple[str, ...] = ()  # modules that extra provides, checked before an export starts
     traceable: bool = False  # its parity runner can trace every op (--trace)
-    outcome: Callable[[dict], ExitOutcome | None] | None = None  # a manifest that is not a plain success
+    outcome: Callable[[Any], ExitOutcome | None] | None = None  # target block (facts model) -> not a plain success
     not_deployable: Callable[[dict], list[str]] | None = None  # target facts -> why the package is not deployable
     publish_allowance: PublishAllowance | None = None  # the flag that publishes it anyway, and when it is needed
     make_ok_exits: tuple[int, ...] = ()  # exit codes `make` accepts from its export (documented outcomes)
@@ -101,6 +104,11 @@ class TargetSpec:
                              f"pip install 'efexport[{self.extra}]'")
         module, _, attribute = self.implementation.partition(":")
         return getattr(importlib.import_module(module), attribute)()
+
+    def facts_model(self) -> type[BaseModel]:  # a manifest_blocks.TargetFacts (a leaf this module does not import)
+        """The pydantic model of the facts this target writes into the manifest (light: pydantic only)."""
+        module, _, attribute = self.facts.partition(":")
+        return getattr(importlib.import_module(module), attribute)
 
     def missing_requirements(self) -> list[str]:
         """The modules of its extra that are not installed here."""

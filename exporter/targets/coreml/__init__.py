@@ -44,6 +44,7 @@ SPEC = TargetSpec(
     precisions=("fp32", "fp16"),
     default_recipe="coreml.toml",
     implementation="efexport.exporter.targets.coreml.convert:CoreMLTarget",
+    facts="efexport.exporter.targets.coreml.facts:CoreMLTarget",
     options=(
         TargetOption("--deployment-target", "coreml.minimum_deployment_target",
                      "Minimum iOS version (recipe default iOS16).", choices=("iOS15", "iOS16", "iOS17", "iOS18")),

@@ -32,6 +32,7 @@ SPEC = TargetSpec(
     precisions=("fp32",),
     default_recipe="onnx.toml",
     implementation="efexport.exporter.targets.onnx.export:OnnxTarget",
+    facts="efexport.exporter.targets.onnx.facts:OnnxTarget",
     options=(OPSET, DYNAMIC_BATCH, SIMPLIFIER, IMAGE_SIZE),
     check_recipe=check_recipe,
 )

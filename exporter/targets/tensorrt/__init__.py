@@ -8,7 +8,7 @@ imports TensorRT, ``engine.py`` runs a built engine, ``card.md.j2`` holds its mo
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
@@ -16,6 +16,9 @@ from efexport.exporter.errors import ExitCode
 from efexport.exporter.recipe_sections import Section
 from efexport.exporter.targets.onnx import OPSET
 from efexport.exporter.targets.spec import ExitOutcome, PublishAllowance, TargetOption, TargetSpec
+
+if TYPE_CHECKING:
+    from efexport.exporter.targets.tensorrt.facts import TensorRTTarget
 
 
 class TensorRTSection(Section):
@@ -72,19 +75,21 @@ def not_deployable(target_facts: dict) -> list[str]:
     return [f"no TensorRT engine was built ({engine.get('reason', 'unknown reason')})"]
 
 
-def needs_allowance(manifest: dict) -> str | None:
-    """Why publishing the package needs --allow-no-engine (None: it has its engine)."""
-    reasons = not_deployable(manifest.get("target") or {})
-    return f"{reasons[0]}; pass --allow-no-engine to publish the portable half" if reasons else None
+def needs_allowance(target: TensorRTTarget) -> str | None:
+    """Why publishing the package (its manifest's target block) needs --allow-no-engine (None: it has its
+    engine)."""
+    if target.engine.built:
+        return None
+    return (f"no TensorRT engine was built ({target.engine.reason}); pass --allow-no-engine to publish the portable "
+            "half")
 
 
-def outcome(manifest: dict) -> ExitOutcome | None:
-    """The portable half written without an engine: exit 8, with the reason."""
-    engine = manifest["target"].get("engine") or {}
-    if engine.get("built", True):
+def outcome(target: TensorRTTarget) -> ExitOutcome | None:
+    """The portable half written without an engine (its manifest's target block): exit 8, with the reason."""
+    if target.engine.built:
         return None
     return ExitOutcome("no-engine", int(ExitCode.NO_ENGINE),
-                       f"no TensorRT engine built: {engine.get('reason')}. The artifact holds the prepared ONNX, "
+                       f"no TensorRT engine built: {target.engine.reason}. The artifact holds the prepared ONNX, "
                        "build_engine.sh and engine.json: run build_engine.sh on the serving GPU. (exit code 8)")
 
 
@@ -99,6 +104,7 @@ SPEC = TargetSpec(
     precisions=("fp32", "fp16", "bf16"),
     default_recipe="tensorrt-a100.toml",
     implementation="efexport.exporter.targets.tensorrt.prepare:TensorRTTarget",
+    facts="efexport.exporter.targets.tensorrt.facts:TensorRTTarget",
     options=(
         OPSET,
         TargetOption("--batch-profile", "tensorrt.profile", "Batch sizes min,opt,max of the optimization profile "
