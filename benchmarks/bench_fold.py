@@ -5,8 +5,10 @@ For each variant, side by side in one run:
   (b) ours: fold passes -> capture -> export -> onnxsim -> clean-up, as ``efexport onnx`` does.
 It reports node counts by op type and ONNX Runtime CPU latency measured interleaved (A B A B ...
 windows, medians), with the ratio b/a. A benchmark, not a test: nothing here passes or fails.
+Every registered family's variants can be benched (EfficientFormer l1 l3 l7, EfficientFormerV2 s0 s1 s2 l).
 
     python -m benchmarks.bench_fold --variants l1 l3 l7 --json fold-bench.json   (from the repository root)
+    python -m benchmarks.bench_fold --variants s0 s1 s2 l
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from efexport.exporter.bench import onnx_recipe, plain_export
+from efexport.exporter.models import FAMILIES
 from efexport.exporter.stages.capture import capture
 from efexport.exporter.stages.fold import fold_model, fold_probe
 from efexport.exporter.stages.load import load_model
@@ -96,7 +99,8 @@ def _table(results: list[dict]) -> Table:
 def main() -> None:
     """The command line: bench the variants, print the table, write the JSON when asked."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=["l1", "l3", "l7"], choices=["l1", "l3", "l7"])
+    parser.add_argument("--variants", nargs="+", default=["l1", "l3", "l7"],
+                        choices=[v for entry in FAMILIES for v in entry.variants])
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--windows", type=int, default=12, help="at most this many alternating windows per model")

@@ -19,6 +19,7 @@ PROBE = make_reference_inputs(0, 1, 1)[0]
 ONNX_PASSES = list(load_recipe(default_recipe_path("onnx"))[0].fold.passes)
 
 
+V2_ONLY_PASSES = {"talking-head-bias", "fold-query-pool", "values-first-attention", "fold-head-batchnorm"}
 COREML_PASSES = [*(n for n in ONNX_PASSES if n not in {"token-rows-mb3d", "erf-gelu"}), "channels-first-mb3d"]
 
 
@@ -28,7 +29,12 @@ def test_every_pass_is_recorded_with_measured_numbers(passes: list[str]) -> None
     folded = fold_model(model, passes, PROBE, max_abs=1e-5)
     report = folded.report()
     assert [r["name"] for r in report["passes"]] == passes
-    assert all(r["changed"] and r["rewrites"] > 0 for r in report["passes"])
+    v1 = [r for r in report["passes"] if r["name"] not in V2_ONLY_PASSES]
+    assert all(r["changed"] and r["rewrites"] > 0 for r in v1)
+    # EfficientFormerV2's passes find nothing in V1: recorded as unchanged, the model and its ops as they were
+    for r in (r for r in report["passes"] if r["name"] in V2_ONLY_PASSES):
+        assert not r["changed"] and r["rewrites"] == 0 and r["ops_before"] == r["ops_after"]
+        assert r["stored_values_before"] == r["stored_values_after"]
     assert all(0 < r["max_abs_error"] <= 1e-5 for r in report["passes"])
     assert report["max_abs_gate"] == max(1e-5, 2 * report["float32_noise_floor"])
     assert report["passes"][-1]["ops_after"] < report["passes"][0]["ops_before"]

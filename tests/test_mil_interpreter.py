@@ -152,6 +152,14 @@ def _layer_norm64(x: np.ndarray, axes: tuple[int, ...], gamma: np.ndarray, beta:
     return out + beta.reshape(shape) if beta is not None else out
 
 
+def _resize64(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Bilinear samples of the last two dims at the given (in-range) points: np.interp along each axis, float64."""
+    def along(a: np.ndarray, points: np.ndarray, axis: int) -> np.ndarray:
+        return np.apply_along_axis(lambda v: np.interp(points, np.arange(v.size), v), axis, a)
+
+    return along(along(x.astype(np.float64), rows, -2), cols, -1)
+
+
 X4 = _rand(2, 3, 4, 5)
 Y4 = _rand(1, 3, 1, 5, seed=11)
 POS = _rand(2, 3, 4, 5, low=0.1, high=3.0)
@@ -280,11 +288,41 @@ CASES: dict[str, tuple[Callable, list[np.ndarray], Callable]] = {
                     lambda x: x.astype(np.float64).mean(axis=(1, 3), keepdims=True)),
     "reduce_sum": (lambda x: mb.reduce_sum(x=x, axes=[2]), [X4], lambda x: x.astype(np.float64).sum(axis=2)),
     "reduce_max-all": (lambda x: mb.reduce_max(x=x), [X4], lambda x: x.max()),
+    # bilinear resizing, against PyTorch's F.interpolate (Core ML's grid comes from the sizes: spacing Xin / Xout)
+    "upsample_bilinear-half-pixel": (
+        lambda x: mb.upsample_bilinear(x=x, scale_factor_height=2.0, scale_factor_width=2.0, align_corners=False),
+        [IMG], lambda x: F.interpolate(_t(x), scale_factor=2, mode="bilinear", align_corners=False)),
+    "upsample_bilinear-align-corners": (
+        lambda x: mb.upsample_bilinear(x=x, scale_factor_height=2.0, scale_factor_width=3.0, align_corners=True),
+        [IMG], lambda x: F.interpolate(_t(x), scale_factor=(2, 3), mode="bilinear", align_corners=True)),
+    "upsample_bilinear-default-aligns": (  # align_corners defaults to True
+        lambda x: mb.upsample_bilinear(x=x, scale_factor_height=2.0, scale_factor_width=2.0),
+        [IMG], lambda x: F.interpolate(_t(x), scale_factor=2, mode="bilinear", align_corners=True)),
+    # 8x7 by 1.5 x 2.5: 12 x floor(17.5) = 17, sampled with 7/17 (not 1/2.5) along the width
+    "upsample_bilinear-fractional": (
+        lambda x: mb.upsample_bilinear(x=x, scale_factor_height=1.5, scale_factor_width=2.5, align_corners=False),
+        [IMG], lambda x: F.interpolate(_t(x), size=(12, 17), mode="bilinear", align_corners=False)),
+    "resize_bilinear-unalign": (
+        lambda x: mb.resize_bilinear(x=x, target_size_height=11, target_size_width=5,
+                                     sampling_mode="UNALIGN_CORNERS"),
+        [IMG], lambda x: F.interpolate(_t(x), size=(11, 5), mode="bilinear", align_corners=False)),
+    "resize_bilinear-strict-align": (
+        lambda x: mb.resize_bilinear(x=x, target_size_height=3, target_size_width=13,
+                                     sampling_mode="STRICT_ALIGN_CORNERS"),
+        [IMG], lambda x: F.interpolate(_t(x), size=(3, 13), mode="bilinear", align_corners=True)),
+    "resize_bilinear-default": (  # asymmetric: output i samples i * Xin / Xout
+        lambda x: mb.resize_bilinear(x=x, target_size_height=12, target_size_width=4),
+        [IMG], lambda x: _resize64(x, np.arange(12) * 8 / 12, np.arange(4) * 7 / 4)),
+    "resize_bilinear-offset": (  # delta = max(1, Xin - 1) / Xout, points 0.5 delta + i delta
+        lambda x: mb.resize_bilinear(x=x, target_size_height=5, target_size_width=9,
+                                     sampling_mode="OFFSET_CORNERS"),
+        [IMG], lambda x: _resize64(x, (np.arange(5) + 0.5) * 7 / 5, (np.arange(9) + 0.5) * 6 / 9)),
 }
 
 # Cases also run after ct.convert + save + load_program, so the on-disk representation is covered too.
 ROUNDTRIP = ("conv-custom", "avg_pool-exclude-pad", "matmul-transpose", "split-sizes", "layer_norm-axis1",
-             "gelu-tanh", "concat-interleave", "slice_by_index")
+             "gelu-tanh", "concat-interleave", "slice_by_index", "upsample_bilinear-half-pixel",
+             "resize_bilinear-offset")
 
 
 def _as_list(value) -> list[np.ndarray]:
@@ -321,6 +359,72 @@ def test_op_matches_reference(case: str) -> None:
 def test_op_matches_reference_after_save_and_load(case: str, tmp_path: Path) -> None:
     body, arrays, _ = CASES[case]
     _check_case(_roundtrip(_program(body, *[a.shape for a in arrays]), tmp_path), case)
+
+
+# Core ML's documented grid points for Xin = 2 (coremltools' resize_bilinear docstring), per sampling mode
+DOCUMENTED_GRIDS = {
+    ("UNALIGN_CORNERS", 5): [0.0, 0.1, 0.5, 0.9, 1.0],
+    ("UNALIGN_CORNERS", 6): [0.0, 0.0, 1 / 3, 2 / 3, 1.0, 1.0],
+    ("STRICT_ALIGN_CORNERS", 5): [0.0, 0.25, 0.5, 0.75, 1.0],
+    ("ALIGN_CORNERS", 6): [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+    ("DEFAULT", 5): [0.0, 0.4, 0.8, 1.0, 1.0],
+    ("DEFAULT", 6): [0.0, 1 / 3, 2 / 3, 1.0, 1.0, 1.0],
+    ("OFFSET_CORNERS", 5): [0.1, 0.3, 0.5, 0.7, 0.9],
+    ("OFFSET_CORNERS", 6): [1 / 12, 0.25, 5 / 12, 7 / 12, 0.75, 11 / 12],
+    ("ALIGN_CORNERS", 1): [0.5],  # the one case where ALIGN_CORNERS and STRICT_ALIGN_CORNERS differ
+    ("STRICT_ALIGN_CORNERS", 1): [0.0],
+}
+
+
+@pytest.mark.parametrize(("mode", "size_out"), list(DOCUMENTED_GRIDS))
+def test_resize_bilinear_samples_the_documented_grid(mode: str, size_out: int) -> None:
+    """A 1 x 2 row [0, 1] resized to 1 x size_out: each output is the grid point it sampled."""
+    prog = _program(lambda x: mb.resize_bilinear(x=x, target_size_height=1, target_size_width=size_out,
+                                                 sampling_mode=mode), (1, 1, 2))
+    (out,) = _run(prog, np.array([[[0.0, 1.0]]], np.float32))
+    np.testing.assert_allclose(out.reshape(-1), DOCUMENTED_GRIDS[mode, size_out], atol=1e-6)
+
+
+@pytest.mark.parametrize(("flags", "align_corners"), [
+    ({"align_corners": False, "half_pixel_centers": True}, False),
+    ({"align_corners": True, "half_pixel_centers": False}, True),
+    ({"align_corners": False}, False),  # iOS16: half_pixel_centers defaults to not align_corners
+])
+def test_ios16_upsample_bilinear_half_pixel_centers(flags: dict, align_corners: bool) -> None:
+    prog = _program(lambda x: mb.upsample_bilinear(x=x, scale_factor_height=2.0, scale_factor_width=1.5, **flags),
+                    IMG.shape, opset=ct.target.iOS16)
+    (out,) = _run(prog, IMG)
+    expected = F.interpolate(_t(IMG), size=(16, 10), mode="bilinear", align_corners=align_corners)
+    np.testing.assert_allclose(out, expected.numpy(), **FP32_TOL)
+
+
+def test_ios16_upsample_bilinear_asymmetric_grid() -> None:
+    """Neither aligned corners nor half-pixel centres: output i samples i * Xin / Xout (TensorFlow's legacy)."""
+    prog = _program(lambda x: mb.upsample_bilinear(x=x, scale_factor_height=2.0, scale_factor_width=2.0,
+                                                   align_corners=False, half_pixel_centers=False),
+                    IMG.shape, opset=ct.target.iOS16)
+    (out,) = _run(prog, IMG)
+    rows, cols = np.minimum(np.arange(16) / 2, 7), np.minimum(np.arange(14) / 2, 6)
+    np.testing.assert_allclose(out, _resize64(IMG, rows, cols), **FP32_TOL)
+
+
+def test_upsample_bilinear_refuses_aligned_corners_with_half_pixel_centres() -> None:
+    prog = _program(lambda x: mb.upsample_bilinear(x=x, scale_factor_height=2.0, scale_factor_width=2.0,
+                                                   align_corners=True, half_pixel_centers=True, name="up"),
+                    (1, 1, 2, 2), opset=ct.target.iOS16)
+    with pytest.raises(MilProgramError, match="'up': align_corners and half_pixel_centers are mutually exclusive"):
+        run_program(prog, {"x": np.ones((1, 1, 2, 2), np.float32)})
+
+
+def test_upsample_bilinear_in_fp16_rounds_its_result() -> None:
+    """The V2 attention's x2 upsample in an fp16 program: float16 out, within one float16 step of PyTorch."""
+    prog = _program(lambda x: mb.upsample_bilinear(x=x, scale_factor_height=2.0, scale_factor_width=2.0,
+                                                   align_corners=False), IMG.shape, dtype=types.fp16)
+    (out,) = _run(prog, IMG)
+    expected = F.interpolate(_t(IMG.astype(np.float16).astype(np.float32)), scale_factor=2, mode="bilinear",
+                             align_corners=False).numpy()
+    assert out.dtype == np.float16
+    np.testing.assert_allclose(out.astype(np.float32), expected, rtol=1e-3, atol=1e-3)
 
 
 def test_fp16_weights_conv_rounds_like_the_device() -> None:

@@ -782,6 +782,89 @@ def _reduce(a: _Args) -> Any:
     return _REDUCE[a.op.op_type](torch.from_numpy(np.ascontiguousarray(x)), dim=axes, keepdim=keep_dims)
 
 
+# --- resizing --------------------------------------------------------------------------------------------------
+
+
+def _grid_points(size_in: int, size_out: int, mode: str) -> np.ndarray:
+    """Where each output sample lies on the input axis (float64), by Core ML's rules for one spatial axis.
+
+    The modes are resize_bilinear's sampling modes (upsample_bilinear maps its flags onto them). With
+    ``spacing = Xin / Xout`` (the scale recomputed from the sizes, never the scale factor an op was given):
+
+    * UNALIGN_CORNERS (half-pixel centres; PyTorch's ``align_corners=False``): ``i*spacing + 0.5*spacing - 0.5``
+    * DEFAULT (asymmetric, TensorFlow's legacy rule): ``i * spacing``
+    * STRICT_ALIGN_CORNERS (PyTorch's ``align_corners=True``): ``i * (Xin - 1) / (Xout - 1)``, 0 when Xout is 1
+    * ALIGN_CORNERS: the same, but ``(Xin - 1) / 2`` when Xout is 1
+    * OFFSET_CORNERS: ``0.5*delta + i*delta`` with ``delta = max(1, Xin - 1) / Xout``
+
+    every point then clamped to [0, Xin - 1].
+    """
+    i = np.arange(size_out, dtype=np.float64)
+    spacing = size_in / size_out
+    if mode == "UNALIGN_CORNERS":
+        points = i * spacing + 0.5 * spacing - 0.5
+    elif mode == "DEFAULT":
+        points = i * spacing
+    elif mode in ("STRICT_ALIGN_CORNERS", "ALIGN_CORNERS"):
+        if size_out == 1:
+            points = np.full(1, (size_in - 1) / 2 if mode == "ALIGN_CORNERS" else 0.0)
+        else:
+            points = i * (size_in - 1) / (size_out - 1)
+    elif mode == "OFFSET_CORNERS":
+        delta = max(1, size_in - 1) / size_out
+        points = 0.5 * delta + i * delta
+    else:
+        raise MilProgramError(f"unknown bilinear sampling mode {mode!r}")
+    return np.clip(points, 0.0, size_in - 1)
+
+
+def _interpolate_axis(x: torch.Tensor, axis: int, points: np.ndarray) -> torch.Tensor:
+    """Linear interpolation along ``axis`` at ``points``: ``x[i0] * (1 - f) + x[i1] * f``, i1 clamped to the edge."""
+    lower = np.floor(points).astype(np.int64)
+    upper = np.minimum(lower + 1, x.shape[axis] - 1)
+    frac = torch.from_numpy((points - lower).astype(np.float32))
+    shape = [1] * x.dim()
+    shape[axis] = len(points)
+    frac = frac.reshape(shape)
+    low = torch.index_select(x, axis, torch.from_numpy(lower))
+    high = torch.index_select(x, axis, torch.from_numpy(upper))
+    return low + (high - low) * frac
+
+
+def _bilinear(x: torch.Tensor, out_h: int, out_w: int, mode: str) -> torch.Tensor:
+    """Separable bilinear resize of the last two dims (height, then width): the same weights as a 2x2 blend."""
+    rows = _interpolate_axis(x, x.dim() - 2, _grid_points(x.shape[-2], out_h, mode))
+    return _interpolate_axis(rows, x.dim() - 1, _grid_points(x.shape[-1], out_w, mode))
+
+
+@kernel("upsample_bilinear")
+def _upsample_bilinear(a: _Args) -> torch.Tensor:
+    """Output size ``floor(H * scale_factor_height)`` x ``floor(W * scale_factor_width)``; the sampling grid comes
+    from the sizes, not the factors (the op's ``recompute_scale_factor`` rule).
+
+    align_corners (default True) picks STRICT_ALIGN_CORNERS; otherwise half_pixel_centers (iOS16; default
+    ``not align_corners``) picks UNALIGN_CORNERS, and False the asymmetric DEFAULT grid.
+    """
+    x = a.tensor("x")
+    out_h = math.floor(x.shape[-2] * a.number("scale_factor_height", 1.0))
+    out_w = math.floor(x.shape[-1] * a.number("scale_factor_width", 1.0))
+    align = a.flag("align_corners", True)
+    half_pixel = a.flag("half_pixel_centers", not align)
+    if align and half_pixel:
+        raise MilProgramError(f"upsample_bilinear op '{a.op.name}': align_corners and half_pixel_centers are "
+                              "mutually exclusive")
+    mode = "STRICT_ALIGN_CORNERS" if align else "UNALIGN_CORNERS" if half_pixel else "DEFAULT"
+    return _bilinear(x, out_h, out_w, mode)
+
+
+@kernel("resize_bilinear")
+def _resize_bilinear(a: _Args) -> torch.Tensor:
+    """Resize the last two dims to target_size_height x target_size_width (default 1 x 1) by ``sampling_mode``."""
+    x = a.tensor("x")
+    return _bilinear(x, a.integer("target_size_height", 1), a.integer("target_size_width", 1),
+                     a.text("sampling_mode", "DEFAULT"))
+
+
 # --- shape and layout ------------------------------------------------------------------------------------------
 
 

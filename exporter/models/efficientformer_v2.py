@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -102,10 +103,33 @@ def relative_position_indices(key_grid: int, query_stride: int = 1) -> torch.Ten
     return (dy * key_grid + dx).reshape(len(queries) ** 2, key_grid**2)
 
 
+class GeluSite(NamedTuple):
+    """Where a GELU sits between linear layers, for the erf-gelu pass: ``owner.<act>`` is the GELU; scaling the
+    output channels of ``before`` and the ``offsets`` (bias terms that must follow an input scale) scales the
+    GELU's input; ``after`` are the layers that read its output (their input channels take the inverse)."""
+
+    owner: nn.Module
+    act: str
+    before: tuple[nn.Module, ...]
+    offsets: tuple[torch.Tensor, ...]
+    after: tuple[nn.Module, ...]
+
+
 class ConvNorm(nn.Module):
     """Conv2d then BatchNorm2d (``.conv``, ``.bn``), padding ``kernel_size // 2``."""
 
     conv_bn_pairs = (("conv", "bn"),)  # what the fuse-conv-bn pass may fold
+
+    def output_layer(self) -> nn.Module:
+        """The last layer with per-output-channel weights: the BatchNorm, or the conv once they are fused."""
+        return self.bn if isinstance(self.bn, nn.BatchNorm2d) else self.conv
+
+    def offsets(self) -> tuple[torch.Tensor, ...]:
+        """The tensors that, scaled by c together with the input, scale the output by c (the bias terms)."""
+        found = [self.conv.bias] if self.conv.bias is not None else []
+        if isinstance(self.bn, nn.BatchNorm2d):
+            found += [self.bn.running_mean, self.bn.bias]
+        return tuple(found)
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, groups: int = 1) -> None:
         super().__init__()
@@ -138,6 +162,10 @@ class Stem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.conv1(x))
 
+    def gelu_sites(self) -> tuple[GeluSite, ...]:
+        # conv2's GELU feeds the residual stream, not one linear layer: not a site
+        return (GeluSite(self.conv1, "act", (self.conv1.output_layer(),), (), (self.conv2.conv,)),)
+
 
 class Mlp(nn.Module):
     """The FFN: 1x1 conv + BN + GELU, depthwise 3x3 + BN + GELU, 1x1 conv + BN (timm: ConvMlpWithNorm)."""
@@ -150,6 +178,13 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.mid(self.fc1(x)))
+
+    def output_layer(self) -> nn.Module:
+        return self.fc2.output_layer()
+
+    def gelu_sites(self) -> tuple[GeluSite, ...]:
+        return (GeluSite(self.fc1, "act", (self.fc1.output_layer(),), (), (self.mid.conv,)),
+                GeluSite(self.mid, "act", (self.mid.output_layer(),), (), (self.fc2.conv,)))
 
 
 class LayerScale(nn.Module):
@@ -176,12 +211,28 @@ class _BiasedAttention(nn.Module):
                              persistent=False)
         # Set by a fold pass that turns the gathered bias into a constant; None: gather on every forward.
         self.register_buffer("attention_bias", None)
+        # Set by the values-first-attention pass: one transpose of the weights instead of two of the values.
+        self.values_first = False
 
     def bias(self) -> torch.Tensor:
         """(heads, queries, keys) bias, gathered now from the current parameter (never a stale copy)."""
         if self.attention_bias is not None:
             return self.attention_bias
         return self.attention_biases[:, self.attention_bias_idxs]
+
+    def query_output_layer(self) -> nn.Module:
+        """The layer whose output channels are exactly the queries (for the fold-attention-scale pass)."""
+        raise NotImplementedError
+
+    def _attend(self, attn: torch.Tensor, v_grid: torch.Tensor, side: int) -> torch.Tensor:
+        """``attn @ v`` for (B, heads, queries, keys) weights and (B, heads * val_dim, H, W) values, as a
+        (B, heads * val_dim, side, side) grid."""
+        v = v_grid.reshape(-1, self.num_heads, self.val_dim, self.num_tokens)
+        if self.values_first:  # set by the values-first-attention pass: (v @ attn^T) is already channels-first
+            out = v @ attn.transpose(2, 3)
+        else:
+            out = (attn @ v.transpose(2, 3)).transpose(2, 3)
+        return out.reshape(-1, self.num_heads * self.val_dim, side, side)
 
 
 class Attention4D(_BiasedAttention):
@@ -220,6 +271,15 @@ class Attention4D(_BiasedAttention):
         self.act = nn.GELU()
         self.proj = ConvNorm(hidden, dim)
         self._init_bias(num_heads, self.grid, 1)
+        # Set by the talking-head-bias pass, which makes the bias talking_head1(bias): added after that conv.
+        self.bias_after_talking_head = False
+
+    def query_output_layer(self) -> nn.Module:
+        return self.q.output_layer()
+
+    def gelu_sites(self) -> tuple[GeluSite, ...]:
+        # v feeds both the attention and v_local, whose sum (upsampled: linear) the GELU reads
+        return (GeluSite(self, "act", (self.v.output_layer(),), self.v_local.offsets(), (self.proj.conv,)),)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride_conv is not None:
@@ -231,13 +291,15 @@ class Attention4D(_BiasedAttention):
         k = self.k(x).reshape(-1, self.num_heads, self.key_dim, self.num_tokens)
         v_grid = self.v(x)
         v_local = self.v_local(v_grid)
-        v = v_grid.reshape(-1, self.num_heads, self.val_dim, self.num_tokens).transpose(2, 3)
         logits = q @ k
         if self.scale != 1.0:  # 1.0 once a fold pass has moved the scale into the query weights
             logits = logits * self.scale
-        attn = self.talking_head1(logits + self.bias()).softmax(dim=-1)
+        if self.bias_after_talking_head:
+            attn = (self.talking_head1(logits) + self.bias()).softmax(dim=-1)
+        else:
+            attn = self.talking_head1(logits + self.bias()).softmax(dim=-1)
         attn = self.talking_head2(attn)
-        out = (attn @ v).transpose(2, 3).reshape(-1, self.num_heads * self.val_dim, self.grid, self.grid)
+        out = self._attend(attn, v_grid, self.grid)
         out = out + v_local
         if self.upsample is not None:
             out = self.upsample(out)
@@ -247,14 +309,19 @@ class Attention4D(_BiasedAttention):
 class LocalGlobalQuery(nn.Module):
     """Queries at half resolution: a depthwise 3x3 stride-2 conv plus every second pixel, then 1x1 conv + BN."""
 
+    # The fold-query-pool pass may move the pixel pick into local's centre tap (local's output (i, j) is centred
+    # on input (2i, 2j), the pixel the pool picks) and set pool to None.
+    pool_into_local = ("pool", "local")
+
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.pool = nn.AvgPool2d(1, stride=2)  # a 1x1 window: picks pixels (0, 0), (0, 2), ...
+        self.pool: nn.Module | None = nn.AvgPool2d(1, stride=2)  # a 1x1 window: picks pixels (0, 0), (0, 2), ...
         self.local = nn.Conv2d(in_dim, in_dim, 3, stride=2, padding=1, groups=in_dim)
         self.proj = ConvNorm(in_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.local(x) + self.pool(x))
+        local = self.local(x)
+        return self.proj(local if self.pool is None else local + self.pool(x))
 
 
 class Attention4DDownsample(_BiasedAttention):
@@ -282,6 +349,12 @@ class Attention4DDownsample(_BiasedAttention):
         self.proj = ConvNorm(hidden, out_dim)
         self._init_bias(num_heads, resolution, 2)
 
+    def query_output_layer(self) -> nn.Module:
+        return self.q.proj.output_layer()
+
+    def gelu_sites(self) -> tuple[GeluSite, ...]:
+        return (GeluSite(self, "act", (self.v.output_layer(),), self.v_local.offsets(), (self.proj.conv,)),)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.grid, self.grid):
             raise ValueError(f"attention downsample expects a {self.grid}x{self.grid} grid, got {tuple(x.shape[-2:])}")
@@ -289,12 +362,11 @@ class Attention4DDownsample(_BiasedAttention):
         k = self.k(x).reshape(-1, self.num_heads, self.key_dim, self.num_tokens)
         v_grid = self.v(x)
         v_local = self.v_local(v_grid)
-        v = v_grid.reshape(-1, self.num_heads, self.val_dim, self.num_tokens).transpose(2, 3)
         logits = q @ k
         if self.scale != 1.0:
             logits = logits * self.scale
         attn = (logits + self.bias()).softmax(dim=-1)
-        out = (attn @ v).transpose(2, 3).reshape(-1, self.num_heads * self.val_dim, self.out_grid, self.out_grid)
+        out = self._attend(attn, v_grid, self.out_grid)
         return self.proj(self.act(out + v_local))
 
 
@@ -328,6 +400,13 @@ class Block(nn.Module):
             x = x + self.ls1(self.token_mixer(x))
         return x + self.ls2(self.mlp(x))
 
+    def layer_scale_sites(self) -> tuple[tuple[str, nn.Module], ...]:
+        """(layer scale attribute, the layer whose output channels it scales), for the fold-layer-scale pass."""
+        sites = [("ls2", self.mlp.output_layer())]
+        if self.token_mixer is not None:
+            sites.insert(0, ("ls1", self.token_mixer.proj.output_layer()))
+        return tuple(sites)
+
 
 class Stage(nn.Module):
     def __init__(self, downsample: nn.Module, blocks: list[Block]) -> None:
@@ -341,6 +420,11 @@ class Stage(nn.Module):
 
 class EfficientFormerV2(nn.Module):
     """EfficientFormerV2. Eval output: the mean of the classification and distillation heads; train: both."""
+
+    # What the head passes read: eval averages ``head`` and ``head_dist`` (merge-heads), both applied to the
+    # token mean of ``norm``'s output, a BatchNorm whose affine the fold-head-batchnorm pass moves into them.
+    averaged_heads = ("head", "head_dist")
+    norm_before_token_mean = "norm"
 
     def __init__(self, cfg: EfficientFormerV2Config) -> None:
         super().__init__()

@@ -10,7 +10,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 # In the order the recipes run them. token-rows-mb3d (ONNX, TensorRT) and channels-first-mb3d (Core ML) are
-# alternative MB3D layouts; erf-gelu is for ONNX below opset 20.
+# alternative MB3D layouts; erf-gelu is for ONNX below opset 20. talking-head-bias, fold-query-pool,
+# values-first-attention and fold-head-batchnorm are EfficientFormerV2's; the others serve both families
+# (V2's modules declare what they need).
 _CLASSES = {  # pass name -> (module, class)
     "fuse-conv-bn": ("fuse_conv_bn", "FuseConvBatchNorm"),
     "fold-layer-scale": ("fold_layer_scale", "FoldLayerScale"),
@@ -18,10 +20,15 @@ _CLASSES = {  # pass name -> (module, class)
     "carry-mixer-scale": ("carry_mixer_scale", "CarryMixerScale"),
     "constant-attention-bias": ("constant_attention_bias", "ConstantAttentionBias"),
     "fold-attention-scale": ("fold_attention_scale", "FoldAttentionScale"),
+    "talking-head-bias": ("talking_head_bias", "TalkingHeadBias"),
+    "fold-query-pool": ("fold_query_pool", "FoldQueryPool"),
+    "values-first-attention": ("values_first_attention", "ValuesFirstAttention"),
     "merge-heads": ("merge_heads", "MergeHeads"),
+    "fold-head-batchnorm": ("fold_head_batchnorm", "FoldHeadBatchNorm"),
     "token-rows-mb3d": ("token_rows_mb3d", "TokenRowsMB3D"),
     "erf-gelu": ("erf_gelu", "ErfGeluForm"),
     "channels-first-mb3d": ("channels_first_mb3d", "ChannelsFirstMB3D"),
+    "channel-block-attention": ("channel_block_attention", "ChannelBlockAttention"),
 }
 PASS_NAMES: tuple[str, ...] = tuple(_CLASSES)
 _MODULE_OF = {cls: module for module, cls in _CLASSES.values()} | {"ModelPass": "base", "PassResult": "base"}
@@ -30,14 +37,19 @@ if TYPE_CHECKING:
     from efexport.exporter.passes.base import ModelPass, PassResult
     from efexport.exporter.passes.blend_pool_mixer import BlendPoolMixer
     from efexport.exporter.passes.carry_mixer_scale import CarryMixerScale
+    from efexport.exporter.passes.channel_block_attention import ChannelBlockAttention
     from efexport.exporter.passes.channels_first_mb3d import ChannelsFirstMB3D
     from efexport.exporter.passes.constant_attention_bias import ConstantAttentionBias
     from efexport.exporter.passes.erf_gelu import ErfGeluForm
     from efexport.exporter.passes.fold_attention_scale import FoldAttentionScale
+    from efexport.exporter.passes.fold_head_batchnorm import FoldHeadBatchNorm
     from efexport.exporter.passes.fold_layer_scale import FoldLayerScale
+    from efexport.exporter.passes.fold_query_pool import FoldQueryPool
     from efexport.exporter.passes.fuse_conv_bn import FuseConvBatchNorm
     from efexport.exporter.passes.merge_heads import MergeHeads
+    from efexport.exporter.passes.talking_head_bias import TalkingHeadBias
     from efexport.exporter.passes.token_rows_mb3d import TokenRowsMB3D
+    from efexport.exporter.passes.values_first_attention import ValuesFirstAttention
 
     ALL_PASSES: dict[str, type[ModelPass]]
 
@@ -62,6 +74,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["ALL_PASSES", "PASS_NAMES", "BlendPoolMixer", "CarryMixerScale", "ChannelsFirstMB3D",
-           "ConstantAttentionBias", "ErfGeluForm", "FoldAttentionScale", "FoldLayerScale", "FuseConvBatchNorm",
-           "MergeHeads", "ModelPass", "PassResult", "TokenRowsMB3D"]
+__all__ = ["ALL_PASSES", "PASS_NAMES", "BlendPoolMixer", "CarryMixerScale", "ChannelBlockAttention",
+           "ChannelsFirstMB3D", "ConstantAttentionBias", "ErfGeluForm", "FoldAttentionScale", "FoldHeadBatchNorm",
+           "FoldLayerScale", "FoldQueryPool", "FuseConvBatchNorm", "MergeHeads", "ModelPass", "PassResult",
+           "TalkingHeadBias", "TokenRowsMB3D", "ValuesFirstAttention"]

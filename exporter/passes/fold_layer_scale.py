@@ -32,6 +32,12 @@ class FoldLayerScale(ModelPass):
         MB3D: x + ls1 * proj(attn)                x + proj'(attn)              proj' rows scaled by ls1
               x + ls2 * fc2(gelu(...))            x + fc2'(gelu(...))          fc2' rows scaled by ls2
 
+    EfficientFormerV2 blocks declare theirs (``layer_scale_sites()``: the scale's name and the layer whose
+    output channels it scales, the FFN's last conv or BN and the attention's projection)::
+
+        V2:   x + ls1 * proj(attn(x))                x + proj'(attn(x))
+              x + ls2 * fc2(mid(fc1(x)))              x + fc2'(mid(fc1(x)))
+
     The LayerScale modules become ``nn.Identity``: one Mul fewer per scale. MB4D's ``ls1`` scales
     ``pool(x) - x``, which has no weights to take it; the blend-pool-mixer pass handles it.
     """
@@ -47,9 +53,11 @@ class FoldLayerScale(ModelPass):
                 targets = [("ls2", _last_layer_of_conv_mlp(block))]
             elif isinstance(block, MetaBlock3d):
                 targets = [("ls1", block.token_mixer.proj), ("ls2", block.mlp.fc2)]
+            elif hasattr(block, "layer_scale_sites"):
+                targets = list(block.layer_scale_sites())
             for scale_name, layer in targets:
                 scale = getattr(block, scale_name)
-                if isinstance(scale, LayerScale):
+                if isinstance(scale, LayerScale) or isinstance(getattr(scale, "gamma", None), nn.Parameter):
                     scale_output_channels(layer, scale.gamma)
                     setattr(block, scale_name, nn.Identity())
                     folded += 1

@@ -20,23 +20,41 @@ class MergeHeads(ModelPass):
     Eval averages the heads, so ``W = (W1 + W2) / 2``, ``b = (b1 + b2) / 2``. The token mean is linear,
     so ``mean(gamma * n + beta) = gamma * mean(n) + beta`` and the affine moves into the Linear:
     ``W' = W diag(gamma)``, ``b' = W beta + b``. Computed in float64.
+
+    A model that declares ``averaged_heads`` (EfficientFormerV2) has its two heads merged the same way::
+
+        x -> BN -> mean -+-> head ------+              x -> BN -> mean -> head'
+                         +-> head_dist -> Add -> Div(2)
+
+    (its BatchNorm is folded into the head by the fold-head-batchnorm pass).
     """
 
     name = "merge-heads"
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> PassResult:
-        if not isinstance(model, EfficientFormer) or model.head_dist is None:
+        names = _averaged_heads(model)
+        if names is None or getattr(model, names[1]) is None:
             return PassResult(changed=False)
-        weight = (model.head.weight.double() + model.head_dist.weight.double()) / 2
-        bias = (model.head.bias.double() + model.head_dist.bias.double()) / 2
-        norm = model.norm
-        if norm.elementwise_affine:
+        head, head_dist = getattr(model, names[0]), getattr(model, names[1])
+        weight = (head.weight.double() + head_dist.weight.double()) / 2
+        bias = (head.bias.double() + head_dist.bias.double()) / 2
+        norm = getattr(model, "norm", None)
+        # V1's LayerNorm affine; V2's final BatchNorm is the fold-head-batchnorm pass's
+        if isinstance(model, EfficientFormer) and isinstance(norm, nn.LayerNorm) and norm.elementwise_affine:
             bias = weight @ norm.bias.double() + bias
             weight = weight * norm.weight.double().view(1, -1)
             model.norm = nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
-        merged = nn.Linear(weight.shape[1], weight.shape[0]).to(model.head.weight.dtype)
+        merged = nn.Linear(weight.shape[1], weight.shape[0]).to(head.weight.dtype)
         merged.weight.copy_(weight)
         merged.bias.copy_(bias)
-        model.head, model.head_dist = merged, None
+        setattr(model, names[0], merged)
+        setattr(model, names[1], None)
         return PassResult(changed=True, rewrites=1)
+
+
+def _averaged_heads(model: nn.Module) -> tuple[str, str] | None:
+    """The (head, distillation head) attribute names whose eval outputs the model averages, if any."""
+    if isinstance(model, EfficientFormer):
+        return ("head", "head_dist")
+    return getattr(model, "averaged_heads", None)

@@ -1,0 +1,98 @@
+"""EfficientFormerV2 where V1 goes: every variant to ONNX from a checkpoint, s0 through the command line on every
+target, then verify, bundle and publish.
+
+* s1, s2 and l: an upstream training checkpoint (.pth) or a timm .safetensors file with realistic weights goes
+  through the whole ONNX pipeline in-process (load, fold, capture, export, the parity gate on ONNX Runtime,
+  package): the package is named by the family, the manifest says which family, variant and layout it came
+  from, and the gate's figures are those of an exact fp32 export.
+* s0: ``efexport all --variant s0 --json`` as a real subprocess (ONNX, Core ML through our ML Program
+  interpreter, TensorRT's portable half), then ``verify`` and ``bundle`` of each package and ``publish`` of
+  the ONNX bundle to a directory registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from efexport.exporter.manifest import MANIFEST_FILE
+from efexport.exporter.pipeline import ExportRequest, StageReporter, run_export
+from efexport.exporter.recipes import apply_overrides, default_recipe_path, load_recipe
+from tests.helpers import run_cli
+from tests.helpers_v2 import realistic_model_v2, upstream_state_dict_v2
+from tests.packages import FAST_LATENCY
+
+
+def _checkpoint(variant: str, layout: str, root: Path) -> Path:
+    model = realistic_model_v2(variant, seed=5)
+    if layout == "timm":
+        path = root / f"efficientformerv2_{variant}.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    else:
+        path = root / f"eformer_{variant}_450.pth"
+        torch.save({"model": upstream_state_dict_v2(model), "epoch": 449,
+                    "args": argparse.Namespace(model=f"efficientformerv2_{variant}")}, path)
+    return path
+
+
+@pytest.mark.parametrize(("variant", "layout"), [("s1", "upstream"), ("s2", "timm"), ("l", "upstream")])
+def test_a_v2_checkpoint_exports_to_onnx_with_parity(variant: str, layout: str, tmp_path: Path) -> None:
+    weights = _checkpoint(variant, layout, tmp_path)
+    recipe, _ = load_recipe(default_recipe_path("onnx"))
+    request = ExportRequest(variant=None, weights=weights, seed=0, out_dir=tmp_path / "out",
+                            recipe=apply_overrides(recipe, FAST_LATENCY),
+                            recipe_source=str(default_recipe_path("onnx")))
+    artifact = run_export(request, StageReporter(None)).artifact
+
+    assert artifact == tmp_path / "out" / f"efficientformerv2-{variant}" / "onnx-fp32"
+    manifest = json.loads((artifact / MANIFEST_FILE).read_text())
+    assert (manifest["model"]["family"], manifest["model"]["version"]) == ("EfficientFormerV2", "v2")
+    assert manifest["model"]["variant"] == variant
+    assert manifest["weights"]["layout"] == layout and manifest["package"]["deployable"] is True
+    parity = manifest["parity"]
+    assert parity["passed"] is True
+    assert parity["max_abs"] <= 1e-4 and parity["min_cosine"] >= 0.99999 and parity["top1_agreement"] == 1.0
+    folded = manifest["fold"]
+    assert sum(folded["op_counts_after"].values()) < sum(folded["op_counts_before"].values())
+    assert any(p["changed"] for p in folded["passes"])
+
+
+@pytest.fixture(scope="module")
+def s0_everywhere(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("v2-all")
+    result = run_cli("all", "--variant", "efficientformerv2_s0", "--out", root / "out", "--bundle-dir",
+                     root / "bundles", "--json", cwd=root, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, json.loads(result.stdout)
+
+
+def test_s0_goes_to_every_target_through_the_command_line(s0_everywhere: tuple[Path, dict]) -> None:
+    root, document = s0_everywhere
+    packages = sorted(p.relative_to(root / "out").as_posix() for p in (root / "out").glob("*/*") if p.is_dir())
+    assert packages == ["efficientformerv2-s0/coreml-fp16", "efficientformerv2-s0/onnx-fp32",
+                        "efficientformerv2-s0/tensorrt-fp16"]
+    for package in (root / "out" / "efficientformerv2-s0").iterdir():
+        manifest = json.loads((package / MANIFEST_FILE).read_text())
+        assert manifest["package"]["name"] == f"efficientformerv2-s0-{package.name}"
+        assert manifest["parity"]["passed"] is True
+        verified = run_cli("verify", package, "--json", cwd=root)
+        assert verified.returncode == 0, verified.stderr[-2000:]
+    bundles = sorted(p.name for p in (root / "bundles").glob("*.zip"))
+    assert bundles == [f"efficientformerv2-s0-{t}.zip" for t in ("coreml-fp16", "onnx-fp32", "tensorrt-fp16")]
+    assert document  # the --json summary parsed
+
+
+def test_an_s0_bundle_publishes(s0_everywhere: tuple[Path, dict]) -> None:
+    root, _ = s0_everywhere
+    bundle = root / "bundles" / "efficientformerv2-s0-onnx-fp32.zip"
+    registry = root / "registry"
+    result = run_cli("publish", bundle, "--to", registry, "--version", "2.0.0", "--allow-random-weights",
+                     "--json", cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    published = [p.name for p in registry.rglob("*.zip")]
+    assert published == ["efficientformerv2-s0-onnx-fp32.zip"]
