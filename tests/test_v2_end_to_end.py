@@ -96,3 +96,33 @@ def test_an_s0_bundle_publishes(s0_everywhere: tuple[Path, dict]) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     published = [p.name for p in registry.rglob("*.zip")]
     assert published == ["efficientformerv2-s0-onnx-fp32.zip"]
+
+
+def test_s0_onnx_dynamic_batch_and_its_resize_match_pytorch(tmp_path: Path) -> None:
+    """The stride-2 attention's bilinear upsampling must be PyTorch's (half-pixel, not aligned corners) at
+    every batch size: ONNX Runtime on batch 3 of a dynamic-batch export against the unfolded model."""
+    import numpy as np
+    import onnx
+
+    from efexport.exporter.stages.capture import capture
+    from efexport.exporter.targets.onnx.export import OnnxRunner, export_onnx
+    from tests.helpers import with_passes
+
+    recipe, _ = load_recipe(default_recipe_path("onnx"))
+    model = realistic_model_v2("s0")
+    folded = with_passes(realistic_model_v2("s0"), list(recipe.fold.passes)).eval()
+    path = tmp_path / "s0.onnx"
+    export_onnx(capture(folded, 224, 1000, dynamic_batch=True), path, 17, "onnxsim")
+
+    resizes = [n for n in onnx.load(path).graph.node if n.op_type == "Resize"]
+    assert len(resizes) == 2  # one per stride-2 attention block of stage 2
+    for node in resizes:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes["mode"] == b"linear"
+        assert attributes["coordinate_transformation_mode"] in (b"pytorch_half_pixel", b"half_pixel")
+    images = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        expected = model(images).numpy()
+    got = OnnxRunner(path, 2)(images.numpy())
+    assert got.shape == (3, 1000)
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from efexport.exporter.models import variant_choices
+from efexport.exporter.passes import PASS_NAMES
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 2 usage, 3 bad input (checkpoint, recipe, option values), 4 output exists or is not "
@@ -69,10 +70,8 @@ Recipes = Annotated[
 NoPass = Annotated[
     list[str] | None,
     typer.Option("--no-pass", show_default=False,
-                 help="Switch a fold pass off (repeatable), for diagnosis. Passes: fuse-conv-bn, fold-layer-scale, "
-                      "blend-pool-mixer, carry-mixer-scale (fp32 only), constant-attention-bias, "
-                      "fold-attention-scale, merge-heads, token-rows-mb3d (ONNX form), erf-gelu (below opset 20), "
-                      "channels-first-mb3d (Core ML form)."),
+                 help="Switch a fold pass off (repeatable), for diagnosis. Passes (each recipe lists the ones it "
+                      f"runs; a pass with nothing to rewrite in a family records no change): {', '.join(PASS_NAMES)}."),
 ]
 
 # ---- where results go -----------------------------------------------------------------------------------------
