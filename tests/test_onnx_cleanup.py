@@ -34,3 +34,22 @@ def test_constant_nodes_become_initializers_and_results_hold() -> None:
     onnx.checker.check_model(model)
     np.testing.assert_array_equal(_run(model, x), expected)
     assert constants_to_initializers(model) == 0  # nothing left to move
+
+
+def test_small_constants_are_lifted_and_names_kept() -> None:
+    """onnx-ir's pass skips tensors under 16 elements by default; our shape/scale Constants have 1 to 4."""
+    model = _model_with_constant_weight()
+    scale = helper.make_node("Constant", [], ["s"], name="scale_const", value=numpy_helper.from_array(np.float32(2.0)))
+    mul = helper.make_node("Mul", ["y", "s"], ["z"], name="scale_mul")
+    model.graph.node.extend([scale, mul])
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [2, 4]))
+    x = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
+    expected = _run(model, x)
+    assert constants_to_initializers(model) == 2
+    assert [(n.op_type, n.name) for n in model.graph.node] == [("MatMul", ""), ("Mul", "scale_mul")]
+    assert [i.name for i in model.graph.initializer] == ["w", "s"]
+    np.testing.assert_array_equal(_run(model, x), expected)
+    again = onnx.ModelProto()
+    again.CopyFrom(model)
+    constants_to_initializers(again)
+    assert again.SerializeToString() == model.SerializeToString()  # a no-op second pass, same bytes
