@@ -126,3 +126,19 @@ def test_s0_onnx_dynamic_batch_and_its_resize_match_pytorch(tmp_path: Path) -> N
     got = OnnxRunner(path, 2)(images.numpy())
     assert got.shape == (3, 1000)
     assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+
+
+@pytest.mark.parametrize("variant", ["s1", "s2", "l"])
+def test_tensorrt_portable_half_for_every_v2_variant(variant: str, tmp_path: Path) -> None:
+    """The prepared ONNX (checked against the TensorRT parser's op table at export), the build recipe with the
+    attention softmaxes pinned to FP32 under FP16, build_engine.sh and engine.json, for the larger variants too
+    (s0 goes through the command line above)."""
+    recipe, _ = load_recipe(default_recipe_path("tensorrt"))
+    request = ExportRequest(variant=variant, weights=None, seed=0, out_dir=tmp_path, recipe=recipe,
+                            recipe_source=str(default_recipe_path("tensorrt")))
+    artifact = run_export(request, StageReporter(None)).artifact
+    assert {"model.onnx", "build_engine.sh", "engine.json", "manifest.json"} <= {p.name for p in artifact.iterdir()}
+    engine = json.loads((artifact / "engine.json").read_text())
+    pinned = engine["build_options"]["fp32_layers"]
+    softmaxes = json.loads((artifact / MANIFEST_FILE).read_text())["target"]["op_counts"]["Softmax"]
+    assert len([layer for layer in pinned if layer.endswith("Softmax")]) == softmaxes > 0
