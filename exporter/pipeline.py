@@ -21,7 +21,7 @@ import numpy as np
 from rich.console import Console
 
 from efexport.exporter import interrupts
-from efexport.exporter.errors import EfexportError, ParityError, StageError, UsageError
+from efexport.exporter.errors import EfexportError, ParityError, RecipeError, StageError, UsageError
 from efexport.exporter.manifest import REFERENCE_FILE
 from efexport.exporter.output import check_destination, check_output_root, staged_output, write_failure
 from efexport.exporter.precisions import PRECISIONS
@@ -160,6 +160,8 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
         name = f"{loaded.family.display_name}-{loaded.variant}"
         reporter.note(f"[yellow]warning:[/] no --weights: {name} is randomly initialised (seed {request.seed}); the "
                       "artifact is marked random-init and is not for deployment")
+    if problem := loaded.family.image_size_problem(recipe.export.image_size):
+        raise RecipeError(f"export.image_size: {problem}")  # before any work, like the target's own checks
     target.preflight(recipe, loaded.model.cfg.num_classes)  # target-specific inputs fail before any work
     final = artifact_dir(request.out_dir, loaded.package_name, recipe.target, recipe.precision)
     check_destination(final, request.force)

@@ -142,3 +142,27 @@ def test_tensorrt_portable_half_for_every_v2_variant(variant: str, tmp_path: Pat
     pinned = engine["build_options"]["fp32_layers"]
     softmaxes = json.loads((artifact / MANIFEST_FILE).read_text())["target"]["op_counts"]["Softmax"]
     assert len([layer for layer in pinned if layer.endswith("Softmax")]) == softmaxes > 0
+
+
+@pytest.mark.parametrize("variant", ["l1", "s0"])
+def test_each_family_declares_the_input_sizes_its_model_computes(variant: str) -> None:
+    """The declared range is the model's own: both ends run, the size below it does not."""
+    from efexport.exporter.stages.load import resolve_variant
+
+    family, name = resolve_variant(variant)
+    model = family.build(name).eval()
+    low, high = family.image_sizes
+    with torch.no_grad():
+        for size in (low, high):
+            assert model(torch.zeros(1, 3, size, size)).shape == (1, 1000)
+            assert family.image_size_problem(size) is None
+        with pytest.raises((ValueError, RuntimeError)):
+            model(torch.zeros(1, 3, low - 1, low - 1))
+    assert family.title in family.image_size_problem(low - 1)
+
+
+def test_an_image_size_v1_takes_but_v2_does_not_is_refused_before_any_work(tmp_path: Path) -> None:
+    result = run_cli("onnx", "--variant", "s0", "--image-size", "200", "--out", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "image size 200 is not supported by EfficientFormerV2" in result.stderr and "209-224" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

@@ -35,6 +35,7 @@ FAMILY = ModelFamily(
     layouts=KEY_MAPPERS,
     detect_layout=detect_layout,
     preprocessing=preprocessing,
+    image_sizes=(193, 224),  # a 7x7 last-stage grid (geometry.final_token_grid)
     published_source="EfficientFormer paper (Li et al., NeurIPS 2022), Table 1, and the snap-research README",
     derived_keys=("attention_bias_idxs",),
 )

@@ -39,6 +39,7 @@ FAMILY = ModelFamily(
     layouts=KEY_MAPPERS,
     detect_layout=detect_layout,
     preprocessing=preprocessing,
+    image_sizes=(209, 224),  # stage 2 at 14x14 (efficientformer_v2.grid_before_last_stage), so 7x7 after it
     published_source="EfficientFormerV2 paper (Li et al., \"Rethinking Vision Transformers for MobileNet Size and "
                      "Speed\", ICCV 2023) and the snap-research README",
     derived_keys=("attention_bias_idxs",),

@@ -66,6 +66,7 @@ class ModelFamily:
     layouts: Mapping[str, Callable[[str], str]]  # checkpoint layout -> key rename to the native layout
     detect_layout: Callable[[list[str]], str | None]  # which layout holds these keys; None: not this family
     preprocessing: Callable[..., Preprocessing]  # (variant, image_size=None) -> how to feed it
+    image_sizes: tuple[int, int]  # the square input sides the model computes correctly, inclusive
     published_source: str  # where the published figures come from
     derived_keys: tuple[str, ...] = ()  # state-dict entries the model derives and a checkpoint may carry
     # (native key, tensor) -> the tensor as the model holds it, after the rename (V2's (C, 1, 1) layer scales)
@@ -79,6 +80,14 @@ class ModelFamily:
 
     def package_name(self, variant: str) -> str:
         return package_name(self.name, variant)
+
+    def image_size_problem(self, image_size: int) -> str | None:
+        """Why this family cannot take ``image_size`` x ``image_size`` inputs (None when it can)."""
+        low, high = self.image_sizes
+        if low <= image_size <= high:
+            return None
+        return (f"image size {image_size} is not supported by {self.title}: its attention biases are built for the "
+                f"token grids a {high}x{high} input gives, which sizes {low}-{high} reach")
 
     def published(self, variant: str) -> dict:
         """The paper's figures for ``variant``, marked as published: efexport measured none of them."""

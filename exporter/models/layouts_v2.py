@@ -5,12 +5,12 @@ shape of both layouts is recorded in the test data (``tests/data/state-dicts/v2-
 
 Upstream differs from the native layout in names and in one shape: its layer scales ``layer_scale_1/2`` are
 (C, 1, 1) where the native ``ls1.gamma``/``ls2.gamma`` are (C,). So a key rename alone does not load an upstream
-checkpoint. **A loader must call** ``to_native(state, layout)`` (or, for upstream, ``upstream_to_native(state)``),
-which renames every key and reshapes the layer scales; the per-key pieces are ``KEY_MAPPERS[layout]`` (the
-rename, what ``ModelFamily.layouts`` holds) followed by ``native_value(native_key, tensor)`` (the reshape, a
-no-op for every other key and for timm checkpoints). ``attention_bias_idxs``, which upstream stores, keeps its
-place in the renamed dict (``...token_mixer.attention_bias_idxs``, ``...downsample.attn.attention_bias_idxs``):
-it is a derived key, checked against the model's own indices rather than loaded.
+checkpoint: the checkpoint reader applies ``KEY_MAPPERS[layout]`` (the rename, ``ModelFamily.layouts``) and then
+``native_value(native_key, tensor)`` (the reshape, ``ModelFamily.native_value``; a no-op for every other key and
+for timm checkpoints). ``to_native(state, layout)`` is the same two steps for a state dict already in memory.
+``attention_bias_idxs``, which upstream stores, keeps its place in the renamed dict
+(``...token_mixer.attention_bias_idxs``, ``...downsample.attn.attention_bias_idxs``): it is a derived key,
+checked against the model's own indices rather than loaded.
 """
 
 from __future__ import annotations
