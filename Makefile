@@ -57,7 +57,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,onnxslim,coreml]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,onnxslim,coreml,coreai]'
 	touch $(STAMP)
 
 # make onnx, make coreml, ...: one export of VARIANT per registered target

@@ -286,12 +286,20 @@ class ParityReport(_Block):
         return self
 
 
+class ParityRuntime(_Block):
+    """What ran the exported model for the parity gate: the runner's name and the runtime's version."""
+
+    backend: NonEmptyStr
+    version: NonEmptyStr
+
+
 class ParityGate(ParityReport):
     """The parity gate of the export (the target's own runner against the unfolded PyTorch model), with the file
-    holding its inputs and outputs."""
+    holding its inputs and outputs, and the runtime that ran it."""
 
     reference_file: RelativePath
     compared_against: NonEmptyStr
+    runtime: ParityRuntime | Absent = None  # written since efexport 0.1.0's Core AI target; absent before
 
 
 class LatencyStats(_Closed):
@@ -544,7 +552,7 @@ class ManifestFacts(_Closed):
 
 
 class Manifest(ManifestFacts):
-    """manifest.json of a package written by efexport (ONNX, Core ML or TensorRT): what the model is, which
+    """manifest.json of a package written by efexport (one per target: ONNX, Core ML, TensorRT, Core AI): what the model is, which
     weights it holds, how to feed it, what the export target made, the fold report, the parity gate and latency
     measured in the run that made it, tool versions, the recipe, and the sha256 and size of every other file in the
     package directory. Generated from exporter/manifest_model.py (python -m efexport.exporter.manifest_schema

@@ -210,7 +210,8 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
                 extras["latency_note"] = target.latency_unavailable
             extras |= run_report  # e.g. what the Core ML interpreter executed
             manifest = build_manifest(loaded, folded, captured, exported, parity, latency, recipe,
-                                      request.recipe_source) | extras
+                                      request.recipe_source,
+                                      {"backend": runner.backend, "version": runner.runtime_version}) | extras
             manifest = package(staging, manifest, target, exported, recipe.latency.threads, validated)
     return ExportResult(final, manifest, reporter.seconds,
                         reporter.profiler.to_dict() if reporter.profiler else None)

@@ -111,11 +111,16 @@ def _fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, i
 
 
 def model_digest(path: Path) -> str | None:
-    """sha256 of what a runtime computes from an ONNX model file: every top-level field of its ModelProto except
-    its metadata_props, read straight from the file's bytes (no parse, no copy). None when that cannot be said:
-    not an .onnx file, weights in external data, a metadata key that is neither efexport's nor onnxsim's (ONNX
-    Runtime can read session options from metadata), or bytes that are not a well-formed protobuf message."""
+    """sha256 of what a runtime computes from a model file: an ONNX file's ModelProto without its metadata_props,
+    or a Core AI asset without its metadata (``_asset_digest``).
+
+    For ONNX: every top-level field of its ModelProto except its metadata_props, read straight from the file's
+    bytes (no parse, no copy). None when that cannot be said: not an .onnx file or .aimodel folder, weights in
+    external data, a metadata key that is neither efexport's nor onnxsim's (ONNX Runtime can read session
+    options from metadata), or bytes that are not a well-formed protobuf message."""
     path = Path(path)
+    if path.suffix == ".aimodel" and path.is_dir():
+        return _asset_digest(path)
     if path.suffix != ".onnx" or not path.is_file():
         return None
     digest = hashlib.sha256()
@@ -133,4 +138,23 @@ def model_digest(path: Path) -> str | None:
                         return None
     except (OSError, ValueError):  # ValueError: malformed, or an empty file (mmap cannot map 0 bytes)
         return None
+    return digest.hexdigest()
+
+
+# A Core AI asset is a folder: the program's bytecode (main.mlirb), its sha256 (main.hash) and metadata.json
+# (author, license, description, creator-defined entries, producer). The runtime compiles the bytecode alone;
+# the metadata is what the package stage rewrites (efexport's facts).
+_ASSET_METADATA = "metadata.json"
+
+
+def _asset_digest(folder: Path) -> str | None:
+    """sha256 over the asset's files but its metadata (their names and bytes, in name order); None when the folder
+    holds a link or anything but plain files and folders."""
+    digest = hashlib.sha256()
+    for item in sorted(folder.rglob("*")):
+        if item.is_symlink() or not (item.is_file() or item.is_dir()):
+            return None
+        name = item.relative_to(folder).as_posix()
+        if item.is_file() and name != _ASSET_METADATA:
+            digest.update(name.encode() + b"\0" + hashlib.sha256(item.read_bytes()).digest())
     return digest.hexdigest()

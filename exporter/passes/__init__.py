@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 # In the order the recipes run them. token-rows-mb3d (ONNX, TensorRT) and channels-first-mb3d (Core ML) are
 # alternative MB3D layouts; erf-gelu is for ONNX below opset 20. talking-head-bias, fold-query-pool,
 # values-first-attention and fold-head-batchnorm are EfficientFormerV2's; the others serve both families
-# (V2's modules declare what they need).
+# (V2's modules declare what they need). include-pad-pooling is Core AI's form of V1's token mixer.
 _CLASSES = {  # pass name -> (module, class)
     "fuse-conv-bn": ("fuse_conv_bn", "FuseConvBatchNorm"),
     "fold-layer-scale": ("fold_layer_scale", "FoldLayerScale"),
@@ -29,6 +29,7 @@ _CLASSES = {  # pass name -> (module, class)
     "erf-gelu": ("erf_gelu", "ErfGeluForm"),
     "channels-first-mb3d": ("channels_first_mb3d", "ChannelsFirstMB3D"),
     "channel-block-attention": ("channel_block_attention", "ChannelBlockAttention"),
+    "include-pad-pooling": ("include_pad_pooling", "IncludePadPooling"),
 }
 PASS_NAMES: tuple[str, ...] = tuple(_CLASSES)
 _MODULE_OF = {cls: module for module, cls in _CLASSES.values()} | {"ModelPass": "base", "PassResult": "base"}
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from efexport.exporter.passes.fold_layer_scale import FoldLayerScale
     from efexport.exporter.passes.fold_query_pool import FoldQueryPool
     from efexport.exporter.passes.fuse_conv_bn import FuseConvBatchNorm
+    from efexport.exporter.passes.include_pad_pooling import IncludePadPooling
     from efexport.exporter.passes.merge_heads import MergeHeads
     from efexport.exporter.passes.talking_head_bias import TalkingHeadBias
     from efexport.exporter.passes.token_rows_mb3d import TokenRowsMB3D
@@ -76,5 +78,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["ALL_PASSES", "PASS_NAMES", "BlendPoolMixer", "CarryMixerScale", "ChannelBlockAttention",
            "ChannelsFirstMB3D", "ConstantAttentionBias", "ErfGeluForm", "FoldAttentionScale", "FoldHeadBatchNorm",
-           "FoldLayerScale", "FoldQueryPool", "FuseConvBatchNorm", "MergeHeads", "ModelPass", "PassResult",
-           "TalkingHeadBias", "TokenRowsMB3D", "ValuesFirstAttention"]
+           "FoldLayerScale", "FoldQueryPool", "FuseConvBatchNorm", "IncludePadPooling", "MergeHeads", "ModelPass",
+           "PassResult", "TalkingHeadBias", "TokenRowsMB3D", "ValuesFirstAttention"]

@@ -69,7 +69,8 @@ def recipe_facts(recipe: Recipe, source: str) -> dict:
 
 
 def build_manifest(loaded: LoadedModel, folded: FoldedModel, captured: CapturedGraph, exported: ExportedModel,
-                   parity: ParityReport, latency: list[LatencyReport], recipe: Recipe, recipe_source: str) -> dict:
+                   parity: ParityReport, latency: list[LatencyReport], recipe: Recipe, recipe_source: str,
+                   parity_runtime: dict[str, str] | None = None) -> dict:
     """Every fact about the artifact, built as the manifest's typed blocks (exporter.manifest_model, which its
     JSON Schema is generated from, so a mistake fails here, naming the block) and dumped as plain JSON types;
     ``files`` is added once the files are final."""
@@ -91,7 +92,8 @@ def build_manifest(loaded: LoadedModel, folded: FoldedModel, captured: CapturedG
         target=target_block(exported.facts),
         fold=FoldReport.model_validate(folded.report() | {"max_abs_allowed": recipe.fold.max_abs}),
         parity=ParityGate.model_validate(parity.to_dict() | {
-            "reference_file": REFERENCE_FILE, "compared_against": "unfolded PyTorch model (eval, float32)"}),
+            "reference_file": REFERENCE_FILE, "compared_against": "unfolded PyTorch model (eval, float32)"}
+            | ({"runtime": parity_runtime} if parity_runtime else {})),
         latency=[LatencyEntry.model_validate(report.to_dict()) for report in latency],
         capture=CaptureFacts.model_validate(captured.describe()),  # after export: a target may have traced
         versions=ToolVersions.model_validate(tool_versions()),

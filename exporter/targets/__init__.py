@@ -7,11 +7,12 @@ section, precisions, extra, outcomes; the implementation (export, runners, metad
 
 from __future__ import annotations
 
+from efexport.exporter.targets.coreai import SPEC as COREAI
 from efexport.exporter.targets.coreml import SPEC as COREML
 from efexport.exporter.targets.onnx import SPEC as ONNX
 from efexport.exporter.targets.spec import ExitOutcome, TargetOption, TargetSpec
 from efexport.exporter.targets.tensorrt import SPEC as TENSORRT
 
-TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (ONNX, COREML, TENSORRT)}
+TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (ONNX, COREML, TENSORRT, COREAI)}
 
 __all__ = ["TARGETS", "ExitOutcome", "TargetOption", "TargetSpec"]

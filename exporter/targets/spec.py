@@ -87,7 +87,9 @@ class TargetSpec:
     recipe_section: type[BaseModel] | None = None  # its [name] table in a recipe, if it has one
     check_recipe: Callable[[Any], None] | None = None  # rules across sections; raise ValueError with the message
     extra: str | None = None  # the pip extra (efexport[extra]) its converter or runtime needs
-    requires: tuple[str, ...] = ()  # modules that extra provides, checked before an export starts
+    # modules that extra provides, checked before an export starts; "module=distribution" where the pip name
+    # differs from the import name (coreai=coreai-core), so the message names what to install
+    requires: tuple[str, ...] = ()
     traceable: bool = False  # its parity runner can trace every op (--trace)
     outcome: Callable[[Any], ExitOutcome | None] | None = None  # target block (facts model) -> not a plain success
     not_deployable: Callable[[dict], list[str]] | None = None  # target facts -> why the package is not deployable
@@ -100,7 +102,8 @@ class TargetSpec:
         names it."""
         missing = self.missing_requirements()
         if missing:
-            raise UsageError(f"the {self.name} target needs {', '.join(missing)}, which is not installed: "
+            verb = "is" if len(missing) == 1 else "are"
+            raise UsageError(f"the {self.name} target needs {', '.join(missing)}, which {verb} not installed: "
                              f"pip install 'efexport[{self.extra}]'")
         module, _, attribute = self.implementation.partition(":")
         return getattr(importlib.import_module(module), attribute)()
@@ -112,4 +115,9 @@ class TargetSpec:
 
     def missing_requirements(self) -> list[str]:
         """The modules of its extra that are not installed here."""
-        return [name for name in self.requires if importlib.util.find_spec(name) is None]
+        missing = []
+        for entry in self.requires:
+            module, _, distribution = entry.partition("=")
+            if importlib.util.find_spec(module) is None:
+                missing.append(f"{distribution} (module {module})" if distribution else module)
+        return missing

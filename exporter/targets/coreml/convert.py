@@ -18,14 +18,13 @@ import json
 import uuid
 import warnings
 from collections import Counter
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from efexport.exporter.errors import InputSpecError
+from efexport.exporter.labels import read_labels
 from efexport.exporter.manifest import model_file_entries
 from efexport.exporter.preprocessing import IMAGENET
 from efexport.exporter.recipes import Recipe
@@ -52,24 +51,6 @@ from efexport.validate.mil_interpreter import (
 
 MODEL_FILE = "model.mlpackage"
 SPEC_FILE = Path("Data/com.apple.CoreML/model.mlmodel")
-
-
-def read_labels(source: str, num_classes: int) -> list[str]:
-    """Class labels, one per output class: the bundled ImageNet-1k names or a text file, one label per line."""
-    if source == "imagenet-1k":
-        text = resources.files("efexport.exporter.data").joinpath("imagenet1k_labels.txt").read_text()
-    else:
-        try:
-            text = Path(source).read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputSpecError(f"labels file {source}: cannot read it ({exc})") from None
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(labels) != num_classes:
-        raise InputSpecError(f"labels {source}: {len(labels)} labels, but the model has {num_classes} classes")
-    duplicates = sorted(label for label, count in Counter(labels).items() if count > 1)
-    if duplicates:
-        raise InputSpecError(f"labels {source}: duplicate labels {duplicates[:3]} (Core ML needs distinct ones)")
-    return labels
 
 
 class DeployedClassifier(nn.Module):

@@ -1,0 +1,203 @@
+"""The Core AI target: an ``.aimodel`` asset converted by coreai-torch from the captured ExportedProgram.
+
+What the asset computes, from its input to its output::
+
+    image (1, 3, H, W), ImageNet-normalised, float16 in an FP16 asset (coreai-opt's cast makes the whole
+    program 16-bit, its input and output included), float32 in an FP32 one
+      -> folded EfficientFormer, in the form Core AI computes correctly (the include-pad-pooling fold pass)
+      -> logits (1, num_classes)
+
+The class labels and efexport's facts are in the asset's metadata (``metadata.json``: author, license,
+description, and creator-defined entries). Parity runs the asset on Apple's Core AI runtime
+(``validate.coreai_runtime``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from efexport.exporter.labels import read_labels
+from efexport.exporter.manifest import model_file_entries
+from efexport.exporter.recipes import Recipe
+from efexport.exporter.stages.capture import CapturedGraph
+from efexport.exporter.targets.base import ExportedModel
+from efexport.validate.coreai_runtime import INPUT_NAME, OUTPUT_NAME, CoreAIRunner, coreai_core_version, runtime_runners
+
+MODEL_FILE = "model.aimodel"
+METADATA_FILE = "metadata.json"  # the asset's metadata; nothing the runtime computes from (see runtimes.model_digest)
+LABELS_KEY = "classLabels"  # creator-defined metadata: one label per logit, in order
+VERSION_KEY = "version"  # the asset metadata has author, license and description fields, but no version
+
+
+@contextlib.contextmanager
+def quiet_converters() -> Iterator[None]:
+    """coreai-torch prints a banner and a progress bar on stdout (which ``--json`` owns); importing coreai-opt
+    makes torchao log a warning about a CUDA kernel library and torch one about an Enum registration."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def convert(captured: CapturedGraph, precision: str):
+    """The captured program as a Core AI AIProgram: decomposed with coreai-torch's table, cast to 16 bits by
+    coreai-opt for FP16, converted in release mode (no source paths or stack traces in the asset: the same model
+    gives the same bytes wherever it is converted)."""
+    with quiet_converters():
+        import coreai_torch
+
+        program = captured.program.run_decompositions(coreai_torch.get_decomp_table())
+        if precision == "fp16":
+            from coreai_opt.casting import cast_fp32_to_fp16
+
+            # calibration_data: ops whose activations exceed float16's range on the example stay in float32
+            program = cast_fp32_to_fp16(program, calibration_data=[(captured.example,)])
+        converter = coreai_torch.TorchConverter(mode=coreai_torch.TorchConverter.Mode.RELEASE)
+        converter.add_exported_program(program, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+        return converter.to_coreai()
+
+
+def _canonical_metadata(path: Path) -> None:
+    """Write ``metadata.json`` with sorted keys and no creation date: the runtime writes the keys in hash order
+    and stamps the time, so two conversions of one model would differ in bytes that mean nothing."""
+    from coreai.authoring.asset import AIModelAsset
+
+    AIModelAsset.load(path).update_metadata(lambda metadata: setattr(metadata, "creation_date", None))
+    file = path / METADATA_FILE
+    file.write_text(json.dumps(json.loads(file.read_text()), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def set_metadata(path: Path, facts: dict[str, str], custom: dict[str, object]) -> None:
+    """author / license / description, and the creator-defined entries (``custom`` replaces them all)."""
+    from coreai.authoring.asset import AIModelAsset
+
+    def update(metadata) -> None:
+        metadata.author, metadata.license = facts["author"], facts["license"]
+        metadata.model_description = facts["description"]
+        for key in list(metadata.creator_defined_metadata):
+            metadata.remove_custom(key)
+        for key in sorted(custom):
+            metadata.set_custom(key, custom[key])
+
+    AIModelAsset.load(path).update_metadata(update)
+    _canonical_metadata(path)
+
+
+def read_metadata(path: Path) -> dict:
+    """The asset's metadata as the runtime reads it: author, license, description and the creator-defined
+    entries."""
+    from coreai.authoring.asset import AIModelAsset
+
+    metadata = AIModelAsset.load(path).metadata
+    return {"author": metadata.author, "license": metadata.license, "description": metadata.model_description,
+            **dict(metadata.creator_defined_metadata)}
+
+
+_NDARRAY = re.compile(r"NDArray \((?P<dtype>\w+), (?P<shape>[\d × ]+)\)")
+
+
+def _interface_entry(name: str, description: str, kind: str) -> dict:
+    """One input or output as the asset's summary describes it, e.g. 'NDArray (Float16, 1 × 3 × 224 × 224)'."""
+    match = _NDARRAY.fullmatch(description)
+    if match is None:
+        raise RuntimeError(f"Core AI asset: {name}: unexpected signature {description!r}")
+    dtype = match["dtype"].lower()
+    return {"name": name, "type": f"{dtype} {kind}", "dtype": dtype,
+            "shape": [int(d) for d in match["shape"].split("×")]}
+
+
+def asset_facts(path: Path) -> dict:
+    """What the saved asset says of itself: its interface, op counts and storage types (per scalar type, how
+    many values)."""
+    from coreai.authoring.asset import AIModelAsset
+
+    summary = AIModelAsset.load(path).summary(include_statistics=True)
+    (name, description), = summary.function_inputs("main")
+    (out_name, out_description), = summary.function_outputs("main")
+    return {
+        "interface": {"inputs": [_interface_entry(name, description, "tensor, ImageNet-normalised")],
+                      "outputs": [_interface_entry(out_name, out_description, "logits")]},
+        "op_counts": {op: count for op, count in sorted(summary.operation_distribution) if op != "constant"},
+        "storage_types": dict(sorted(summary.storage_types)),
+    }
+
+
+class CoreAITarget:
+    """Core AI: an ``.aimodel`` asset (FP16 by default), labels and facts in its metadata, parity on Apple's Core
+    AI runtime everywhere coreai-core installs, latency per compute unit on macOS 27+."""
+
+    name = "coreai"
+    model_file = MODEL_FILE
+    latency_unavailable = ("the Core AI runtime here is coreai-core's Linux reference build (CPU): it proves parity "
+                           "but its speed says nothing about a device, so nothing was timed; latency is measured "
+                           "per compute unit on macOS 27+")
+
+    def describe(self, recipe: Recipe) -> str:
+        settings = recipe.coreai
+        return f"Core AI .aimodel {recipe.precision}, iOS/macOS {settings.minimum_os}+, {settings.input} input"
+
+    def preflight(self, recipe: Recipe, num_classes: int) -> None:
+        read_labels(recipe.coreai.labels, num_classes)
+
+    def export(self, captured: CapturedGraph, staging: Path, recipe: Recipe) -> ExportedModel:
+        from coreai.authoring.asset import OSVersion
+
+        settings = recipe.coreai
+        labels = read_labels(settings.labels, int(captured.outputs[0].shape[-1]))
+        program = convert(captured, recipe.precision)
+        path = staging / MODEL_FILE
+        with quiet_converters():
+            program.save_asset(path, minimum_os=OSVersion(f"v{settings.minimum_os}"))
+        set_metadata(path, {"author": settings.author, "license": settings.license, "description": ""},
+                     {LABELS_KEY: labels, VERSION_KEY: settings.version})
+        return ExportedModel(path, {
+            "format": "coreai", "model_file": MODEL_FILE, "package": "Core AI asset (.aimodel)",
+            "precision": recipe.precision, "minimum_os": settings.minimum_os, "input": settings.input,
+            "labels": {"source": settings.labels, "count": len(labels), "metadata_key": LABELS_KEY},
+            "converter": f"coreai-torch {_version('coreai-torch')}"
+                         + (f", coreai-opt {_version('coreai-opt')} cast_fp32_to_fp16"
+                            if recipe.precision == "fp16" else ""),
+            "runtime": f"coreai-core {coreai_core_version()}",
+            **asset_facts(path),
+        })
+
+    def open_runner(self, path: Path, threads: int) -> CoreAIRunner:
+        return CoreAIRunner(path)
+
+    def extra_runtimes(self, path: Path, recipe: Recipe) -> list:
+        return runtime_runners(path)
+
+    def embed_metadata(self, path: Path, entries: dict[str, str]) -> None:
+        current = read_metadata(path)
+        custom = {LABELS_KEY: current[LABELS_KEY], VERSION_KEY: current[VERSION_KEY], **model_file_entries(entries)}
+        set_metadata(path, {"author": current["author"], "license": current["license"],
+                            "description": _description(entries)}, custom)
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import version
+
+    return version(distribution)
+
+
+def _description(entries: dict[str, str]) -> str:
+    recipe = json.loads(entries["efexport.recipe"])["values"]
+    model = json.loads(entries["efexport.model"])
+    weights = json.loads(entries["efexport.weights"])
+    source = "random-init weights, not for deployment" if weights.get("source") != "checkpoint" else "checkpoint"
+    return (f"{model['family']}-{model['variant']} ImageNet-1k classifier ({recipe['precision']}, {source}); "
+            f"exported and verified by efexport")
