@@ -14,7 +14,7 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA = "efexport.manifest/3"
 REFERENCE_FILE = "reference_io.npz"
 _TRACKED_PACKAGES = ("torch", "numpy", "onnx", "onnxscript", "onnxruntime", "onnxsim", "onnxslim", "coremltools",
-                     "tensorrt")
+                     "tensorrt", "coreai-torch", "coreai-core", "coreai-opt")
 
 
 def sha256_of(path: Path) -> str:

@@ -552,14 +552,14 @@ class ManifestFacts(_Closed):
 
 
 class Manifest(ManifestFacts):
-    """manifest.json of a package written by efexport (one per target: ONNX, Core ML, TensorRT, Core AI): what the model is, which
-    weights it holds, how to feed it, what the export target made, the fold report, the parity gate and latency
-    measured in the run that made it, tool versions, the recipe, and the sha256 and size of every other file in the
-    package directory. Generated from exporter/manifest_model.py (python -m efexport.exporter.manifest_schema
-    --write); written by exporter/stages/package.py (build_manifest) and exporter/pipeline.py; checked by
-    exporter/manifest_schema.py. Top-level keys are closed (a misspelt key is an error); most nested blocks
-    require what the code writes and allow additions, except where a closed shape catches mistakes (package,
-    weights, published figures, latency statistics, file entries)."""
+    """manifest.json of a package written by efexport (one per target: ONNX, Core ML, TensorRT, Core AI): what
+    the model is, which weights it holds, how to feed it, what the export target made, the fold report, the
+    parity gate and latency measured in the run that made it, tool versions, the recipe, and the sha256 and size
+    of every other file in the package directory. Generated from exporter/manifest_model.py (python -m
+    efexport.exporter.manifest_schema --write); written by exporter/stages/package.py (build_manifest) and
+    exporter/pipeline.py; checked by exporter/manifest_schema.py. Top-level keys are closed (a misspelt key is an
+    error); most nested blocks require what the code writes and allow additions, except where a closed shape
+    catches mistakes (package, weights, published figures, latency statistics, file entries)."""
 
     model_config = ConfigDict(json_schema_extra={"allOf": _MANIFEST_RULES})
 

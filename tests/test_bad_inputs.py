@@ -165,7 +165,7 @@ CHECKPOINTS: dict[str, Case] = {
     "coreml-truncated-pth": _ckpt("coreml", "truncated.pth", TRUNCATED),
     "tensorrt-truncated-pth": _ckpt("tensorrt", "truncated.pth", TRUNCATED),
     "all-truncated-pth": _ckpt("all", "truncated.pth", ("onnx failed", "coreml failed", "tensorrt failed",
-                                                        *TRUNCATED), json=True),
+                                                        "coreai failed", *TRUNCATED), json=True),
     "fold-truncated-pth": _ckpt("fold", "truncated.pth", TRUNCATED, json=True, stage=None),
     "bench-truncated-pth": _ckpt("bench", "truncated.pth", TRUNCATED, stage=None),
 }
@@ -356,7 +356,7 @@ FLAGS: dict[str, Case] = {
     "tensorrt-batch-profile-min-above-opt": Case(("tensorrt", "--variant", "l1", "--batch-profile", "16,8,64",
                                                   "--out", "{out}"), BAD_INPUT, ("tensorrt.profile", "[16, 8, 64]")),
     "all-unknown-target": Case(("all", "--variant", "l1", "--targets", "onnx,tflite", "--out", "{out}"), USAGE,
-                               ("--targets onnx,tflite: choose from onnx, coreml, tensorrt",), json=True),
+                               ("--targets onnx,tflite: choose from onnx, coreml, tensorrt, coreai",), json=True),
     # regression: the second onnx export failed on the first one's package (exit 4, a package written)
     "all-target-given-twice": Case(("all", "--variant", "l1", "--targets", "onnx,coreml,onnx", "--out", "{out}"),
                                    USAGE, ("--targets onnx,coreml,onnx: onnx given twice",)),
@@ -367,6 +367,18 @@ FLAGS: dict[str, Case] = {
                              ("--batches 1,100000: batch sizes must be at most 1024",)),
     "bench-threads-zero": Case(("bench", "--variant", "l1", "--threads", "0", "--out", "{out}"), USAGE,
                                ("Invalid value for '--threads'",)),
+    # Core AI: the precisions it exports, and labels that must fit the head (refused before any work, nothing written)
+    "coreai-unsupported-precision": Case(("coreai", "--variant", "l1", "--precision", "bf16", "--out", "{out}"),
+                                         USAGE, ("Invalid value for '--precision'", "'bf16' is not one of 'fp32', "
+                                                                                     "'fp16'")),
+    "coreai-labels-of-the-wrong-length": Case(("coreai", "--variant", "l1", "--labels", "{labels}", "--out",
+                                               "{out}"), BAD_INPUT,
+                                              ("labels {labels}: 3 labels, but the model has 1000 classes",),
+                                              lambda given: given.use("labels", given.tmp / "labels.txt")
+                                              .write_text("cat\ndog\nbird\n"), json=True),
+    "coreai-dynamic-batch": _recipe("coreai", recipe("coreai", ("image_size = 224", "image_size = 224\n"
+                                                                                    "dynamic_batch = true")),
+                                    "export.dynamic_batch: Core AI assets here have a fixed batch of 1"),
     "publish-unsupported-destination": Case(("publish", "{dir}", "--to", "gs://bucket/models"), USAGE,
                                             ("--to gs://bucket/models: gs:// destinations are not supported",),
                                             some_directory),

@@ -127,7 +127,7 @@ def test_report_and_plots_are_written(bench: tuple[dict, Path]) -> None:
     (["--variant", "l1", "--variant", "l3", "--weights", "x.pth"], 2, "--weights holds one variant"),
     (["--variant", "l1", "--batches", "1,0"], 2, "batch sizes must be at least 1"),
     (["--variant", "l1", "--batches", "1,x"], 2, "give comma-separated integers"),
-    (["--variant", "l1", "--target", "tflite"], 2, "--target tflite: choose from onnx, coreml, tensorrt"),
+    (["--variant", "l1", "--target", "tflite"], 2, "--target tflite: choose from onnx, coreml, tensorrt, coreai"),
     (["--variant", "l1", "--targets", "tflite"], 2, "--targets tflite: choose from"),  # the deprecated spelling
     ([], 2, "give --variant"),
 ])

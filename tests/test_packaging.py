@@ -1,14 +1,15 @@
 """Packaging: the wheel holds every efexport package (and nothing of tests/ or benchmarks/), and a wheel installed
-into a fresh environment exports ONNX on its own, with the recipe it ships, without coremltools.
+into a fresh environment exports ONNX on its own, with the recipe it ships, without the extras.
 
 The installed run is the user's path: ``pip wheel`` from a clean copy of the sources, ``pip install`` into a new
 virtual environment, the ``efexport`` console script run from a directory outside the repository. The fresh
-environment gets efexport's dependencies as symlinks to the entries of this environment's site-packages, minus
-three things: efexport's own editable install (its ``__editable__`` finder would import the repository instead
-of the wheel), coremltools (the ``[coreml]`` extra: absent, as in a base install, metadata included), and every
-``.pth`` file (none of the dependencies needs one at run time). ``--system-site-packages`` or a ``.pth`` naming
-this site-packages would not do: the first shares the base interpreter's packages, not this environment's, and
-the second would still show coremltools and the editable install's metadata to ``importlib.metadata``.
+environment gets efexport's dependencies as symlinks to the entries of this environment's site-packages, minus three
+things: efexport's own editable install (its ``__editable__`` finder would import the repository instead of the
+wheel), coremltools and Core AI's packages (the ``[coreml]`` and ``[coreai]`` extras: absent, as in a base install,
+metadata included), and every ``.pth`` file (none of the dependencies needs one at run time).
+``--system-site-packages`` or a ``.pth`` naming this site-packages would not do: the first shares the base
+interpreter's packages, not this environment's, and the second would still show coremltools and the editable
+install's metadata to ``importlib.metadata``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ NOT_SHIPPED = {"recipes/README.md"}
 BUILD_IGNORE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache",
                 "artifacts", "shared")
 EXTRA_MESSAGE = "pip install 'efexport[coreml]'"
+# The extras' own distributions (modules and dist-info folders start so), left out of the base install.
+EXTRA_MODULES = ("coremltools", "coreai", "coreai_core", "coreai_torch", "coreai_opt")
 PROBE_ENV = "EFEXPORT_TEST_IMPORT_PROBE"
 # Loaded through a .pth in the fresh environment only: with PROBE_ENV set, each process writes, as it exits, the
 # file of every efexport module it imported, so the test sees what the console script itself ran.
@@ -155,13 +158,13 @@ def test_wheel_ships_every_package_file_and_nothing_else(wheel: Path) -> None:
 
 
 def _dependency_entries() -> dict[str, Path]:
-    """Name -> path of what this environment's site-packages hold, less efexport itself, coremltools and .pth
-    files (see the module docstring)."""
+    """Name -> path of what this environment's site-packages hold, less efexport itself, the [coreml] and [coreai]
+    extras' own packages and .pth files (see the module docstring)."""
     entries: dict[str, Path] = {}
     for directory in dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]):
         for entry in sorted(Path(directory).iterdir()):
             name = entry.name.lower()
-            if (name.startswith(("__editable__", "efexport", "_efexport", "coremltools")) or name.endswith(".pth")
+            if (name.startswith(("__editable__", "efexport", "_efexport", *EXTRA_MODULES)) or name.endswith(".pth")
                     or name == "__pycache__"):
                 continue
             entries.setdefault(entry.name, entry)
@@ -260,3 +263,13 @@ def test_base_install_refuses_coreml_naming_the_extra(installed: Installed, tmp_
     assert error["status"] == "error" and EXTRA_MESSAGE in error["error"]
     assert error["exit_code"] == result.returncode
     assert not list((tmp_path / "out").rglob("model.mlpackage"))
+
+
+def test_base_install_refuses_coreai_naming_the_extra_and_coreai_core(installed: Installed, tmp_path: Path) -> None:
+    result = installed.run("coreai", "--variant", "l1", "--out", str(tmp_path / "out"), "--json", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "pip install 'efexport[coreai]'" in result.stderr and "coreai-core" in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    error = json.loads(result.stdout)
+    assert error["status"] == "error" and "coreai-core (module coreai)" in error["error"]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*"))

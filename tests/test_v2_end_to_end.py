@@ -6,8 +6,8 @@ target, then verify, bundle and publish.
   package): the package is named by the family, the manifest says which family, variant and layout it came
   from, and the gate's figures are those of an exact fp32 export.
 * s0: ``efexport all --variant s0 --json`` as a real subprocess (ONNX, Core ML through our ML Program
-  interpreter, TensorRT's portable half), then ``verify`` and ``bundle`` of each package and ``publish`` of
-  the ONNX bundle to a directory registry.
+  interpreter, TensorRT's portable half, Core AI on Apple's runtime), then ``verify`` and ``bundle`` of each
+  package and ``publish`` of the ONNX bundle to a directory registry.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def s0_everywhere(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
 def test_s0_goes_to_every_target_through_the_command_line(s0_everywhere: tuple[Path, dict]) -> None:
     root, document = s0_everywhere
     packages = sorted(p.relative_to(root / "out").as_posix() for p in (root / "out").glob("*/*") if p.is_dir())
-    assert packages == ["efficientformerv2-s0/coreml-fp16", "efficientformerv2-s0/onnx-fp32",
-                        "efficientformerv2-s0/tensorrt-fp16"]
+    assert packages == ["efficientformerv2-s0/coreai-fp16", "efficientformerv2-s0/coreml-fp16",
+                        "efficientformerv2-s0/onnx-fp32", "efficientformerv2-s0/tensorrt-fp16"]
     for package in (root / "out" / "efficientformerv2-s0").iterdir():
         manifest = json.loads((package / MANIFEST_FILE).read_text())
         assert manifest["package"]["name"] == f"efficientformerv2-s0-{package.name}"
@@ -83,8 +83,21 @@ def test_s0_goes_to_every_target_through_the_command_line(s0_everywhere: tuple[P
         verified = run_cli("verify", package, "--json", cwd=root)
         assert verified.returncode == 0, verified.stderr[-2000:]
     bundles = sorted(p.name for p in (root / "bundles").glob("*.zip"))
-    assert bundles == [f"efficientformerv2-s0-{t}.zip" for t in ("coreml-fp16", "onnx-fp32", "tensorrt-fp16")]
+    assert bundles == [f"efficientformerv2-s0-{t}.zip"
+                       for t in ("coreai-fp16", "coreml-fp16", "onnx-fp32", "tensorrt-fp16")]
     assert document  # the --json summary parsed
+
+
+def test_s0_core_ai_parity_ran_on_apples_runtime(s0_everywhere: tuple[Path, dict]) -> None:
+    """s0 (FP16, the shipped recipe) on Core AI: the gate ran on Apple's runtime; V2 has no exclude-pad pooling,
+    so include-pad-pooling had nothing to rewrite, and the stride-2 attention's bilinear upsampling converts."""
+    root, _ = s0_everywhere
+    manifest = json.loads((root / "out" / "efficientformerv2-s0" / "coreai-fp16" / MANIFEST_FILE).read_text())
+    parity = manifest["parity"]
+    assert parity["runtime"]["backend"] == "coreai-runtime" and parity["min_cosine"] >= 0.9995
+    assert manifest["target"]["interface"]["inputs"][0]["dtype"] == "float16"
+    passes = {p["name"]: p for p in manifest["fold"]["passes"]}
+    assert passes["include-pad-pooling"]["changed"] is False
 
 
 def test_an_s0_bundle_publishes(s0_everywhere: tuple[Path, dict]) -> None:

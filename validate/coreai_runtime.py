@@ -118,19 +118,16 @@ class CoreAIRunner:
                 model = loop.run_until_complete(stack.enter_async_context(
                     self.asset.executable(self._specialization())))
                 function = model.load_function(FUNCTION)
+            if function is None:
+                raise RuntimeError(f"{self.path}: the asset has no function {FUNCTION!r}")
+            names = (list(function.desc.input_names), list(function.desc.output_names))
+            if names != ([INPUT_NAME], [OUTPUT_NAME]):
+                raise RuntimeError(f"{self.path}: function {FUNCTION!r} takes {names[0]} and returns {names[1]}, "
+                                   f"not [{INPUT_NAME!r}] and [{OUTPUT_NAME!r}]")
+            self._input_dtype = np.dtype(function.desc.input_descriptor(INPUT_NAME).dtype)
         except BaseException:
-            loop.run_until_complete(stack.aclose())
-            loop.close()
+            _release(loop, stack)
             raise
-        if function is None:
-            loop.run_until_complete(stack.aclose())
-            loop.close()
-            raise RuntimeError(f"{self.path}: the asset has no function {FUNCTION!r}")
-        names = (list(function.desc.input_names), list(function.desc.output_names))
-        if names != ([INPUT_NAME], [OUTPUT_NAME]):
-            raise RuntimeError(f"{self.path}: function {FUNCTION!r} takes {names[0]} and returns {names[1]}, not "
-                               f"[{INPUT_NAME!r}] and [{OUTPUT_NAME!r}]")
-        self._input_dtype = np.dtype(function.desc.input_descriptor(INPUT_NAME).dtype)
         self._loop, self._function = loop, function
         self._close = weakref.finalize(self, _release, loop, stack)
 
