@@ -1,4 +1,5 @@
-# efexport: make onnx VARIANT=l3 | make coreml VARIANT=l3 | make tensorrt VARIANT=l3 | make all | make test | make lint
+# efexport: make onnx VARIANT=l3 | make coreml VARIANT=l3 | make tensorrt VARIANT=l3 | make coreai VARIANT=l3 | make all
+# | make test | make lint
 # The virtual environment is created on first use; torch is the 2.13.0 CPU build (constraints.txt).
 # The targets, variants, their recipes, precisions and package folders come from targets.mk, which
 # `efexport targets --makefile` generates from the registries (tests/test_make.py checks it is current).
@@ -42,6 +43,7 @@ help:
 	@echo "VARIANT is one of: $(VARIANT_NAMES)"
 	@echo "make onnx VARIANT=l1 [ARGS='--weights ckpt.pth']        export to ONNX into $(OUT)/"
 	@echo "make coreml VARIANT=s0 [ARGS='--precision fp32']        export to Core ML (.mlpackage) into $(OUT)/"
+	@echo "make coreai VARIANT=l3 [ARGS='--precision fp32']        export to Core AI (.aimodel), parity on Apple's runtime"
 	@echo "make tensorrt VARIANT=l3                                TensorRT: prepared ONNX, build_engine.sh, engine.json"
 	@echo "                                                        (+ model.plan where TensorRT and a GPU exist)"
 	@echo "make all [-j2] [VARIANTS='l1 l3'] [PLATFORMS='onnx coreml'] [WEIGHTS_l3=ckpt.pth]"

@@ -36,6 +36,9 @@ def write_failure(exc: BaseException) -> OutputError | None:
         if isinstance(cause, RuntimeError) and "[MIL FileWriter]" in str(cause):  # coremltools hides the errno
             return OutputError(f"cannot write the Core ML weights ({cause}): is the disk full or a file-size limit "
                                "set? Nothing was left behind")
+        if "IO failure on output stream" in str(cause):  # LLVM's serializer (Core AI's) exits on a refused write
+            return OutputError(f"cannot write the Core AI asset ({cause}): is the disk full or a file-size limit "
+                               "set? Nothing was left behind")
         cause = cause.__cause__ or cause.__context__
     return None
 

@@ -145,8 +145,9 @@ def _file_size_limit(limit: int):
 
 
 @pytest.mark.parametrize(("target", "limit", "stage"), [("onnx", 8 * 2**20, "export"),  # model.onnx is ~47 MB
-                                                        ("coreml", 2**20, "export")],  # weight.bin ~24 MB
-                         ids=["onnx-model", "coreml-weights"])
+                                                        ("coreml", 2**20, "export"),  # weight.bin ~24 MB
+                                                        ("coreai", 2**20, "export")],  # main.mlirb ~24 MB
+                         ids=["onnx-model", "coreml-weights", "coreai-program"])
 def test_a_disk_that_fills_mid_write_is_an_output_error_and_leaves_nothing(tmp_path: Path, target: str, limit: int,
                                                                           stage: str) -> None:
     out = tmp_path / "out"
@@ -193,6 +194,13 @@ FAULTS = textwrap.dedent('''
         raise NotImplementedError("PyTorch convert function for op 'efexport_fault' not implemented.")
 
     coremltools.convert = _convert
+
+    import coreai_torch
+
+    def _to_coreai(self, *args, **kwargs):
+        raise RuntimeError("coreai-torch: cannot lower op 'efexport_fault'")
+
+    coreai_torch.TorchConverter.to_coreai = _to_coreai
 ''')
 
 
@@ -205,7 +213,7 @@ def test_all_reports_each_failing_target_with_its_stage_and_carries_on(tmp_path:
                             text=True, timeout=900, env=_environment(tmp_path, PYTHONPATH=str(faults)))
     summary = json.loads(result.stdout)
     rows = {row["target"]: row for row in summary["targets"]}
-    assert list(rows) == ["onnx", "coreml", "tensorrt"], summary  # every target ran, in order
+    assert list(rows) == ["onnx", "coreml", "tensorrt", "coreai"], summary  # every target ran, in order
     assert result.returncode == ExitCode.PARITY_FAILED, result.stderr  # the first failure's code
     assert (rows["onnx"]["status"], rows["onnx"]["stage"], rows["onnx"]["exit_code"]) == ("failed", "validate", 5)
     assert "parity gate failed" in rows["onnx"]["error"]
@@ -213,6 +221,8 @@ def test_all_reports_each_failing_target_with_its_stage_and_carries_on(tmp_path:
     assert "NotImplementedError" in rows["coreml"]["error"] and "efexport_fault" in rows["coreml"]["error"]
     assert (rows["tensorrt"]["stage"], rows["tensorrt"]["exit_code"]) == ("validate", ExitCode.STAGE_FAILED)
     assert "crashed" in rows["tensorrt"]["error"] and "SIGSEGV" in rows["tensorrt"]["error"]
+    assert (rows["coreai"]["stage"], rows["coreai"]["exit_code"]) == ("export", ExitCode.STAGE_FAILED)
+    assert "efexport_fault" in rows["coreai"]["error"]
     for target in rows:  # the console names the target, its stage and the cause too
         assert re.search(rf"{target} failed: \[{rows[target]['stage']}\]", result.stderr), result.stderr
     assert "Traceback" not in result.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import signal
 import sys
 import tempfile
@@ -28,7 +29,12 @@ ISOLATED = sys.platform == "linux"
 
 
 class RuntimeCrashed(StageError):
-    """The runtime died in the child process: killed by a signal, or exited without a result."""
+    """The runtime died in the child process: killed by a signal, or exited without a result. ``said``: the end
+    of what the child wrote to stderr, where it was captured (``call_isolated``)."""
+
+    def __init__(self, message: str, said: str = "") -> None:
+        super().__init__(message + (f"; it said: {said}" if said else ""))
+        self.said = said
 
 
 def _child(work: Callable[[np.ndarray], tuple[np.ndarray, dict]], inputs: np.ndarray, scratch: Path) -> None:
@@ -88,3 +94,47 @@ def run_isolated(work: Callable[[np.ndarray], tuple[np.ndarray, dict]], inputs: 
 def outputs_isolated(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, what: str) -> np.ndarray:
     """``run(inputs)`` in a forked child, as ``run_isolated``, when only the outputs matter."""
     return run_isolated(lambda batch: (run(batch), {}), inputs, what)[0]
+
+
+def _call_child(work: Callable[[], dict], scratch: Path) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # native code that aborts writes why on stderr (LLVM: "LLVM ERROR: IO failure on output stream: ..."), then
+    # exits: keep it for the parent's error message
+    with (scratch / "stderr.txt").open("wb") as captured:
+        sys.stderr.flush()
+        os.dup2(captured.fileno(), 2)
+        try:
+            result = work()
+        except Exception as exc:
+            (scratch / "error.txt").write_text(f"{type(exc).__name__}: {exc}")
+            sys.exit(1)
+    (scratch / "result.json").write_text(json.dumps(result))
+
+
+def call_isolated(work: Callable[[], dict], what: str) -> dict:
+    """``work()`` -> a JSON-able dict, in a forked child (as ``run_isolated``), for native code that writes files
+    and may abort the process instead of raising (a converter's serializer on a full disk). Raise StageError (an
+    exception in ``work``) or RuntimeCrashed (the child died; ``said`` holds the end of its stderr)."""
+    if not ISOLATED:
+        return work()
+    with tempfile.TemporaryDirectory(prefix="efexport-call-") as directory:
+        scratch = Path(directory)
+        child = multiprocessing.get_context("fork").Process(target=_call_child, args=(work, scratch),
+                                                            name=f"efexport {what}", daemon=True)
+        child.start()
+        try:
+            child.join()
+        except BaseException:
+            child.kill()
+            child.join()
+            raise
+        code = child.exitcode
+        if code == 0 and (scratch / "result.json").is_file():
+            return json.loads((scratch / "result.json").read_text())
+        if (scratch / "error.txt").is_file():
+            raise StageError(f"{what}: {(scratch / 'error.txt').read_text()}")
+        said = (scratch / "stderr.txt").read_text(errors="replace").strip()[-1000:] \
+            if (scratch / "stderr.txt").is_file() else ""
+        how = f"was killed by {_signal_name(-code)}" if code is not None and code < 0 else f"exited with code {code}"
+        raise RuntimeCrashed(f"{what}: the process {how} and gave no result", said)

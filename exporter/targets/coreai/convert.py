@@ -25,10 +25,12 @@ from pathlib import Path
 
 from efexport.exporter.labels import read_labels
 from efexport.exporter.manifest import model_file_entries
+from efexport.exporter.output import write_failure
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.targets.base import ExportedModel
 from efexport.validate.coreai_runtime import INPUT_NAME, OUTPUT_NAME, CoreAIRunner, coreai_core_version, runtime_runners
+from efexport.validate.isolated import RuntimeCrashed, call_isolated
 
 MODEL_FILE = "model.aimodel"
 METADATA_FILE = "metadata.json"  # the asset's metadata; nothing the runtime computes from (see runtimes.model_digest)
@@ -136,6 +138,35 @@ def asset_facts(path: Path) -> dict:
     }
 
 
+def _write_asset(program, path: Path, minimum_os: str) -> None:
+    """``program.save_asset(path)``, in a forked child where that is safe.
+
+    coreai-core's serializer ends the process (LLVM's fatal error: "IO failure on output stream") when the disk
+    refuses a write, where it should raise: in a child, its death becomes an OutputError (exporter.output), the
+    staging folder goes, and ``efexport all`` carries on. Before saving, the program is verified on its MLIR
+    context's thread pool, whose threads a forked child does not have (it would wait for them forever): the
+    context is made single-threaded first. Where that switch is not reachable (it is not public API), the
+    asset is written in this process.
+    """
+    from coreai.authoring.asset import OSVersion
+
+    def save() -> dict:
+        with quiet_converters():
+            program.save_asset(path, minimum_os=OSVersion(f"v{minimum_os}"))
+        return {}
+
+    try:
+        context = program._module._mlir_module.context
+    except AttributeError:
+        save()
+        return
+    context.enable_multithreading(False)
+    try:
+        call_isolated(save, "Core AI asset writer")
+    except RuntimeCrashed as exc:  # a refused write is the user's to fix (exit 4), not a failed tool
+        raise write_failure(exc) or exc from None
+
+
 class CoreAITarget:
     """Core AI: an ``.aimodel`` asset (FP16 by default), labels and facts in its metadata, parity on Apple's Core
     AI runtime everywhere coreai-core installs, latency per compute unit on macOS 27+."""
@@ -154,16 +185,15 @@ class CoreAITarget:
         read_labels(recipe.coreai.labels, num_classes)
 
     def export(self, captured: CapturedGraph, staging: Path, recipe: Recipe) -> ExportedModel:
-        from coreai.authoring.asset import OSVersion
-
         settings = recipe.coreai
         labels = read_labels(settings.labels, int(captured.outputs[0].shape[-1]))
-        program = convert(captured, recipe.precision)
         path = staging / MODEL_FILE
-        with quiet_converters():
-            program.save_asset(path, minimum_os=OSVersion(f"v{settings.minimum_os}"))
+
+        program = convert(captured, recipe.precision)
+        _write_asset(program, path, settings.minimum_os)
         set_metadata(path, {"author": settings.author, "license": settings.license, "description": ""},
                      {LABELS_KEY: labels, VERSION_KEY: settings.version})
+        facts = asset_facts(path)
         return ExportedModel(path, {
             "format": "coreai", "model_file": MODEL_FILE, "package": "Core AI asset (.aimodel)",
             "precision": recipe.precision, "minimum_os": settings.minimum_os, "input": settings.input,
@@ -172,7 +202,7 @@ class CoreAITarget:
                          + (f", coreai-opt {_version('coreai-opt')} cast_fp32_to_fp16"
                             if recipe.precision == "fp16" else ""),
             "runtime": f"coreai-core {coreai_core_version()}",
-            **asset_facts(path),
+            **facts,
         })
 
     def open_runner(self, path: Path, threads: int) -> CoreAIRunner:
