@@ -31,6 +31,8 @@ class CoreAIInterfaceEntry(Block):
 
 
 class CoreAIInterface(Block):
+    """The asset's own interface: what its ``main`` function takes and returns (float16 in an FP16 asset)."""
+
     inputs: Annotated[Sequence[CoreAIInterfaceEntry], Field(min_length=1)]
     outputs: Annotated[Sequence[CoreAIInterfaceEntry], Field(min_length=1)]
 
