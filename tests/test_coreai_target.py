@@ -144,3 +144,19 @@ def test_without_the_pooling_fold_the_runtime_defect_fails_the_gate(tmp_path: Pa
     assert error["stage"] == "validate" and "parity gate failed" in error["error"] and "max_abs" in error["error"]
     assert not list((tmp_path / "out").rglob("*.aimodel"))
     assert not list((tmp_path / "out").rglob(MANIFEST_FILE))
+
+
+def test_an_l1_bundle_verifies_and_publishes(l1_fp32: tuple[Path, dict, dict], tmp_path: Path) -> None:
+    """Bundle, verify the bundle (Apple's runtime once more) and publish it to a directory registry, whose index
+    names the package by its target."""
+    package, _, _ = l1_fp32
+    bundled = run_cli("bundle", package, "--bundle-dir", tmp_path / "bundles", "--json", cwd=tmp_path)
+    assert bundled.returncode == 0, bundled.stderr[-3000:]
+    bundle = tmp_path / "bundles" / "efficientformer-l1-coreai-fp32.zip"
+    assert bundle.is_file()
+    published = run_cli("publish", bundle, "--to", tmp_path / "registry", "--version", "1.0.0",
+                        "--allow-random-weights", "--json", cwd=tmp_path)
+    assert published.returncode == 0, published.stderr[-3000:]
+    index = json.loads((tmp_path / "registry" / "index.json").read_text())
+    entry = index["packages"]["efficientformer-l1"]["1.0.0"]["coreai-fp32"]
+    assert entry["bundle"].endswith("/efficientformer-l1-coreai-fp32.zip")
