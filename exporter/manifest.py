@@ -73,6 +73,16 @@ def model_file_entries(entries: dict[str, str]) -> dict[str, str]:
     return {key: value for key, value in entries.items() if key not in VOLATILE_ENTRIES}
 
 
+def model_description(entries: dict[str, str]) -> str:
+    """One line for a model file's own description field, from its metadata entries (``metadata_entries``)."""
+    recipe = json.loads(entries["efexport.recipe"])["values"]
+    model = json.loads(entries["efexport.model"])
+    weights = json.loads(entries["efexport.weights"])
+    source = "random-init weights, not for deployment" if weights.get("source") != "checkpoint" else "checkpoint"
+    return (f"{model['family']}-{model['variant']} ImageNet-1k classifier ({recipe['precision']}, {source}); "
+            f"exported and verified by efexport")
+
+
 def write_manifest(directory: Path, manifest: dict) -> Path:
     path = directory / MANIFEST_FILE
     path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from efexport.exporter.labels import read_labels
-from efexport.exporter.manifest import model_file_entries
+from efexport.exporter.manifest import model_description, model_file_entries
 from efexport.exporter.output import write_failure
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
@@ -215,19 +215,10 @@ class CoreAITarget:
         current = read_metadata(path)
         custom = {LABELS_KEY: current[LABELS_KEY], VERSION_KEY: current[VERSION_KEY], **model_file_entries(entries)}
         set_metadata(path, {"author": current["author"], "license": current["license"],
-                            "description": _description(entries)}, custom)
+                            "description": model_description(entries)}, custom)
 
 
 def _version(distribution: str) -> str:
     from importlib.metadata import version
 
     return version(distribution)
-
-
-def _description(entries: dict[str, str]) -> str:
-    recipe = json.loads(entries["efexport.recipe"])["values"]
-    model = json.loads(entries["efexport.model"])
-    weights = json.loads(entries["efexport.weights"])
-    source = "random-init weights, not for deployment" if weights.get("source") != "checkpoint" else "checkpoint"
-    return (f"{model['family']}-{model['variant']} ImageNet-1k classifier ({recipe['precision']}, {source}); "
-            f"exported and verified by efexport")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from efexport.exporter.labels import read_labels
-from efexport.exporter.manifest import model_file_entries
+from efexport.exporter.manifest import model_description, model_file_entries
 from efexport.exporter.preprocessing import IMAGENET
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
@@ -296,13 +296,6 @@ class CoreMLTarget:
 
 
 def _metadata_facts(entries: dict[str, str]) -> dict[str, str]:
-    import json
-
     recipe = json.loads(entries["efexport.recipe"])["values"]
-    model = json.loads(entries["efexport.model"])
-    weights = json.loads(entries["efexport.weights"])
-    source = "random-init weights, not for deployment" if weights.get("source") != "checkpoint" else "checkpoint"
     return {"author": recipe["coreml"]["author"], "license": recipe["coreml"]["license"],
-            "version": recipe["coreml"]["version"],
-            "description": f"{model['family']}-{model['variant']} ImageNet-1k classifier ({recipe['precision']}, "
-                           f"{source}); exported and verified by efexport"}
+            "version": recipe["coreml"]["version"], "description": model_description(entries)}
