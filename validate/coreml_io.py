@@ -8,34 +8,22 @@ never the other way round.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from types import ModuleType
 
 import numpy as np
 
 from efexport.exporter.errors import StageError
 from efexport.exporter.preprocessing import IMAGENET
+from efexport.exporter.quiet import quieted
 
 # The package's features: the input, the fp32 logits beside the classifier, and the classifier's own outputs.
 INPUT_NAME, LOGITS, PROBABILITIES, LABEL = "image", "logits", "probabilities", "classLabel"
 
 
-@contextlib.contextmanager
-def quiet_coremltools() -> Iterator[None]:
+def quiet_coremltools() -> AbstractContextManager[None]:
     """coremltools prints progress bars and warns about untested torch versions: not for our users' consoles."""
-    logger = logging.getLogger("coremltools")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+    return quieted("coremltools", stream="stderr")
 
 
 def import_coremltools() -> ModuleType:

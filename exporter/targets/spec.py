@@ -121,3 +121,14 @@ class TargetSpec:
             if importlib.util.find_spec(module) is None:
                 missing.append(f"{distribution} (module {module})" if distribution else module)
         return missing
+
+
+def fixed_batch(files: str) -> Callable[[Any], None]:
+    """A ``check_recipe`` for a target whose model files take a batch of exactly 1 (``files``: "Core ML
+    packages"): a recipe asking for a dynamic batch is refused, naming the key."""
+
+    def check(recipe: Any) -> None:
+        if recipe.export.dynamic_batch:
+            raise ValueError(f"export.dynamic_batch: {files} here have a fixed batch of 1")
+
+    return check

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from efexport.exporter.recipe_sections import Section
-from efexport.exporter.targets.spec import TargetOption, TargetSpec
+from efexport.exporter.targets.spec import TargetOption, TargetSpec, fixed_batch
 
 
 class CoreAISection(Section):
@@ -27,12 +27,6 @@ class CoreAISection(Section):
     license: str = Field("Apache-2.0 (EfficientFormer weights: see their source)",
                          description="asset metadata: license")
     version: str = Field("1", description="asset metadata: version string")
-
-
-def check_recipe(recipe: object) -> None:
-    """Core AI assets here take a fixed batch of 1."""
-    if recipe.export.dynamic_batch:
-        raise ValueError("export.dynamic_batch: Core AI assets here have a fixed batch of 1")
 
 
 SPEC = TargetSpec(
@@ -53,7 +47,7 @@ SPEC = TargetSpec(
                      "(default: the ImageNet-1k names)."),
     ),
     recipe_section=CoreAISection,
-    check_recipe=check_recipe,
+    check_recipe=fixed_batch("Core AI assets"),
     extra="coreai",
     requires=("coreai_torch=coreai-torch", "coreai=coreai-core", "coreai_opt=coreai-opt"),
     ci_runner="linux",  # converted and proven on Linux; the macOS workflow re-verifies on the OS framework

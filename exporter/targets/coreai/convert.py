@@ -14,18 +14,15 @@ description, and creator-defined entries). Parity runs the asset on Apple's Core
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import re
-import warnings
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from efexport.exporter.labels import read_labels
 from efexport.exporter.manifest import model_description, model_file_entries
 from efexport.exporter.output import write_failure
+from efexport.exporter.quiet import quieted
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.targets.base import ExportedModel
@@ -38,21 +35,10 @@ LABELS_KEY = "classLabels"  # creator-defined metadata: one label per logit, in 
 VERSION_KEY = "version"  # the asset metadata has author, license and description fields, but no version
 
 
-@contextlib.contextmanager
-def quiet_converters() -> Iterator[None]:
+def quiet_converters() -> AbstractContextManager[None]:
     """coreai-torch prints a banner and a progress bar on stdout (which ``--json`` owns); importing coreai-opt
     makes torchao log a warning about a CUDA kernel library and torch one about an Enum registration."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
+    return quieted("torchao", "torch.utils._pytree")
 
 
 def convert(captured: CapturedGraph, precision: str):

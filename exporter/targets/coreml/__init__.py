@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from efexport.exporter.recipe_sections import Section
-from efexport.exporter.targets.spec import TargetOption, TargetSpec
+from efexport.exporter.targets.spec import TargetOption, TargetSpec, fixed_batch
 
 
 class CoreMLSection(Section):
@@ -27,12 +27,6 @@ class CoreMLSection(Section):
     author: str = Field("efexport", description="MLModel author")
     license: str = Field("Apache-2.0 (EfficientFormer weights: see their source)", description="MLModel license")
     version: str = Field("1", description="MLModel version string")
-
-
-def check_recipe(recipe: object) -> None:
-    """Core ML packages here take a fixed batch of 1."""
-    if recipe.export.dynamic_batch:
-        raise ValueError("export.dynamic_batch: Core ML packages here have a fixed batch of 1")
 
 
 SPEC = TargetSpec(
@@ -56,7 +50,7 @@ SPEC = TargetSpec(
         TargetOption("--labels", "coreml.labels", "Class labels, one per line (default: the ImageNet-1k names)."),
     ),
     recipe_section=CoreMLSection,
-    check_recipe=check_recipe,
+    check_recipe=fixed_batch("Core ML packages"),
     extra="coreml",
     requires=("coremltools",),
     traceable=True,

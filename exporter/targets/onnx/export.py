@@ -8,12 +8,10 @@ and their ONNX Runtime latencies agree within the measurement noise.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import logging
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import onnx
 import torch
 
 from efexport.exporter.manifest import model_file_entries
+from efexport.exporter.quiet import quieted
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.targets.base import ExportedModel
@@ -76,19 +75,10 @@ def _torchscript_export(captured: CapturedGraph, opset: int) -> onnx.ModelProto:
     return onnx.load_from_string(buffer.getvalue())
 
 
-@contextlib.contextmanager
-def _quiet_dynamo_exporter() -> Iterator[None]:
+def _quiet_dynamo_exporter() -> AbstractContextManager[None]:
     """The dynamo exporter logs warnings about packages it does not need (torchvision's ops) and may print
     progress: neither belongs on our console, and stdout carries ``--json`` output."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+    return quieted("torch.onnx")
 
 
 def _dynamo_export(captured: CapturedGraph, opset: int) -> onnx.ModelProto:
