@@ -12,6 +12,7 @@ import numpy as np
 
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.targets.base import Runner
+from efexport.validate.coreai_runtime import METADATA_FILE
 from efexport.validate.latency import LatencyReport, host_fingerprint, measure
 from efexport.validate.parity import ParityReport, compare_outputs
 from efexport.validate.reference import ReferenceSet
@@ -141,20 +142,14 @@ def model_digest(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-# A Core AI asset is a folder: the program's bytecode (main.mlirb), its sha256 (main.hash) and metadata.json
-# (author, license, description, creator-defined entries, producer). The runtime compiles the bytecode alone;
-# the metadata is what the package stage rewrites (efexport's facts).
-_ASSET_METADATA = "metadata.json"
-
-
 def _asset_digest(folder: Path) -> str | None:
-    """sha256 over the asset's files but its metadata (their names and bytes, in name order); None when the folder
-    holds a link or anything but plain files and folders."""
+    """sha256 over a Core AI asset's files but its metadata, which the runtime does not compute from (their
+    names and bytes, in name order); None when the folder holds a link or anything but plain files and folders."""
     digest = hashlib.sha256()
     for item in sorted(folder.rglob("*")):
         if item.is_symlink() or not (item.is_file() or item.is_dir()):
             return None
         name = item.relative_to(folder).as_posix()
-        if item.is_file() and name != _ASSET_METADATA:
+        if item.is_file() and name != METADATA_FILE:  # what the package stage rewrites (efexport's facts)
             digest.update(name.encode() + b"\0" + hashlib.sha256(item.read_bytes()).digest())
     return digest.hexdigest()

@@ -27,6 +27,9 @@ import numpy as np
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 FUNCTION = "main"
+# An asset is a folder: the program's bytecode (main.mlirb), its sha256 (main.hash) and this file (author, license,
+# description, creator-defined entries, producer). The runtime compiles the bytecode alone.
+METADATA_FILE = "metadata.json"
 
 
 def coreai_core_version() -> str:

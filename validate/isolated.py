@@ -58,6 +58,21 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def _forked(target: Callable[..., None], args: tuple, what: str) -> int | None:
+    """Run ``target(*args)`` in a forked child and wait for it; its exit code (negative: the signal that killed
+    it). Interrupted while waiting, the child is killed first: it must not outlive us."""
+    child = multiprocessing.get_context("fork").Process(target=target, args=args, name=f"efexport {what}",
+                                                        daemon=True)
+    child.start()
+    try:
+        child.join()
+    except BaseException:
+        child.kill()
+        child.join()
+        raise
+    return child.exitcode
+
+
 def run_isolated(work: Callable[[np.ndarray], tuple[np.ndarray, dict]], inputs: np.ndarray,
                  what: str) -> tuple[np.ndarray, dict]:
     """``work(inputs)`` -> (outputs, a JSON-able report of the run) in a forked child; raise StageError naming
@@ -70,16 +85,7 @@ def run_isolated(work: Callable[[np.ndarray], tuple[np.ndarray, dict]], inputs: 
         return np.asarray(outputs), report
     with tempfile.TemporaryDirectory(prefix="efexport-run-") as directory:
         scratch = Path(directory)
-        child = multiprocessing.get_context("fork").Process(target=_child, args=(work, inputs, scratch),
-                                                            name=f"efexport {what}", daemon=True)
-        child.start()
-        try:
-            child.join()
-        except BaseException:  # interrupted while waiting: the child must not outlive us
-            child.kill()
-            child.join()
-            raise
-        code = child.exitcode
+        code = _forked(_child, (work, inputs, scratch), what)
         if code == 0 and (scratch / "outputs.npy").is_file():
             report = json.loads((scratch / "report.json").read_text())
             return np.load(scratch / "outputs.npy", allow_pickle=False), report
@@ -120,16 +126,7 @@ def call_isolated(work: Callable[[], dict], what: str) -> dict:
         return work()
     with tempfile.TemporaryDirectory(prefix="efexport-call-") as directory:
         scratch = Path(directory)
-        child = multiprocessing.get_context("fork").Process(target=_call_child, args=(work, scratch),
-                                                            name=f"efexport {what}", daemon=True)
-        child.start()
-        try:
-            child.join()
-        except BaseException:
-            child.kill()
-            child.join()
-            raise
-        code = child.exitcode
+        code = _forked(_call_child, (work, scratch), what)
         if code == 0 and (scratch / "result.json").is_file():
             return json.loads((scratch / "result.json").read_text())
         if (scratch / "error.txt").is_file():

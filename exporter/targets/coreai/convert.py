@@ -26,11 +26,17 @@ from efexport.exporter.quiet import quieted
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.targets.base import ExportedModel
-from efexport.validate.coreai_runtime import INPUT_NAME, OUTPUT_NAME, CoreAIRunner, coreai_core_version, runtime_runners
+from efexport.validate.coreai_runtime import (
+    INPUT_NAME,
+    METADATA_FILE,
+    OUTPUT_NAME,
+    CoreAIRunner,
+    coreai_core_version,
+    runtime_runners,
+)
 from efexport.validate.isolated import RuntimeCrashed, call_isolated
 
 MODEL_FILE = "model.aimodel"
-METADATA_FILE = "metadata.json"  # the asset's metadata; nothing the runtime computes from (see runtimes.model_digest)
 LABELS_KEY = "classLabels"  # creator-defined metadata: one label per logit, in order
 VERSION_KEY = "version"  # the asset metadata has author, license and description fields, but no version
 
@@ -59,30 +65,25 @@ def convert(captured: CapturedGraph, precision: str):
         return converter.to_coreai()
 
 
-def _canonical_metadata(path: Path) -> None:
-    """Write ``metadata.json`` with sorted keys and no creation date: the runtime writes the keys in hash order
-    and stamps the time, so two conversions of one model would differ in bytes that mean nothing."""
-    from coreai.authoring.asset import AIModelAsset
-
-    AIModelAsset.load(path).update_metadata(lambda metadata: setattr(metadata, "creation_date", None))
-    file = path / METADATA_FILE
-    file.write_text(json.dumps(json.loads(file.read_text()), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-
-
 def set_metadata(path: Path, facts: dict[str, str], custom: dict[str, object]) -> None:
-    """author / license / description, and the creator-defined entries (``custom`` replaces them all)."""
+    """author / license / description, and the creator-defined entries (``custom`` replaces them all).
+
+    ``metadata.json`` is then rewritten with sorted keys and without a creation date: coreai-core writes the keys
+    in hash order and stamps the time, so two conversions of one model would differ in bytes that mean nothing."""
     from coreai.authoring.asset import AIModelAsset
 
     def update(metadata) -> None:
         metadata.author, metadata.license = facts["author"], facts["license"]
         metadata.model_description = facts["description"]
+        metadata.creation_date = None
         for key in list(metadata.creator_defined_metadata):
             metadata.remove_custom(key)
         for key in sorted(custom):
             metadata.set_custom(key, custom[key])
 
     AIModelAsset.load(path).update_metadata(update)
-    _canonical_metadata(path)
+    file = path / METADATA_FILE
+    file.write_text(json.dumps(json.loads(file.read_text()), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def read_metadata(path: Path) -> dict:
