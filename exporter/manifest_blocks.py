@@ -27,10 +27,10 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from efexport.exporter.precisions import PRECISIONS, unavailable_reason
+from efexport.exporter.precisions import PRECISIONS
 
-# From the precision axis: the precisions recipes can use now.
-Precision = Literal[tuple(n for n in PRECISIONS if unavailable_reason(n) is None)]  # type: ignore[valid-type]
+# From the precision axis.
+Precision = Literal[tuple(PRECISIONS)]  # type: ignore[valid-type]
 Simplifier = Literal["onnxsim", "onnxslim", "none"]
 
 Absent = SkipJsonSchema[None]  # "may be left out": None in Python, never in the JSON Schema (see Block)

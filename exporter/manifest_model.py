@@ -242,6 +242,8 @@ class Tolerances(_Block):
     max_abs: Positive | None = Field(description="null: reported, not gated (FP16).")
     min_cosine: Annotated[float, Field(gt=0, le=1)]
     top1_agreement: bool
+    min_top1_agreement: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None, description="Smallest fraction of inputs whose top-1 agrees (integer precisions).")
 
 
 class InputParity(_Block):
@@ -376,6 +378,53 @@ class ReferenceExecution(_Block):
     fp16_overflow: bool
 
 
+class QuantizationCandidate(_Block):
+    """exporter.stages.quantize.Candidate: one point of the error/speed trade-off, on the selection inputs."""
+
+    float_groups: Sequence[NonEmptyStr]
+    min_cosine: float
+    top1_agreement: Fraction
+    passed: bool
+    speedup: Positive | None = Field(description="The float model's median batch-1 call time over this one's, "
+                                                 "interleaved in one process.")
+
+
+class SensitivityRow(_Block):
+    """exporter.stages.quantize.SensitivityRow: one node group quantized alone, everything else float."""
+
+    group: NonEmptyStr
+    nodes: PositiveInt
+    min_cosine: float
+    top1_agreement: Fraction
+
+
+class CalibrationFacts(_Block):
+    """exporter.calibration.CalibrationSet.describe: where the calibration inputs came from and how they were
+    split (calibration / selection / gate, disjoint)."""
+
+    source: Literal["images", "array", "synthetic"]
+    description: NonEmptyStr
+    sha256: Sha256
+    calibration_inputs: PositiveInt
+    selection_inputs: PositiveInt
+    gate_inputs: PositiveInt
+    synthetic: bool
+
+
+class QuantizationFacts(_Block):
+    """exporter.stages.quantize.QuantizationResult: how an integer model was calibrated, which node groups stayed
+    in float and why (the per-group sensitivity), and the error/speed trade-off of every candidate tried."""
+
+    quantizer: dict[str, str]
+    calibration: CalibrationFacts
+    groups: PositiveInt
+    keep_float: Sequence[NonEmptyStr]
+    float_groups: Sequence[NonEmptyStr]
+    selection: dict[str, float]
+    sensitivity: Sequence[SensitivityRow]
+    tradeoff: Sequence[QuantizationCandidate]
+
+
 class CaptureFacts(_Block):
     """How the model's graph was captured for export: the capture method and the PyTorch that ran it. Further
     keys hold strings."""
@@ -471,6 +520,8 @@ _MANIFEST_RULES: list[dict[str, Any]] = [
     {"$comment": "Nothing timed: the manifest must say why.",
      "if": {"properties": {"latency": {"type": "array", "maxItems": 0}}, "required": ["latency"]},
      "then": {"required": ["latency_note"]}},
+    {"$comment": "A model calibrated on synthetic inputs is never deployable (stages.package.package_identity).",
+     "if": _when(("quantization", "calibration", "synthetic"), True), "then": _then((_DEPLOYABLE, {"const": False}))},
     {"$comment": "Random-init weights are never deployable (exporter.stages.package.package_identity).",
      "if": _when(("weights", "source"), "random-init"), "then": _then((_DEPLOYABLE, {"const": False}))},
     *({"$comment": f"{rule.reason[0].upper()}{rule.reason[1:]}.",
@@ -522,6 +573,8 @@ class ManifestFacts(_Closed):
             "Parity of real runtimes besides the gate's runner (Core ML on macOS, a built TensorRT engine), by "
             "backend name."))
     reference_execution: ReferenceExecution | Absent = None
+    quantization: QuantizationFacts | Absent = Field(default=None, description=(
+        "Integer precisions: calibration, what stayed in float, sensitivity and the error/speed trade-off."))
     capture: CaptureFacts | Absent = None
     versions: ToolVersions
     recipe: RecipeFacts
@@ -533,6 +586,8 @@ class ManifestFacts(_Closed):
         problems = []
         if self.package.deployable and isinstance(self.weights, RandomInitWeights):
             problems.append("random-init weights are never deployable")
+        if self.package.deployable and self.quantization and self.quantization.calibration.synthetic:
+            problems.append("a model calibrated on synthetic inputs is never deployable")
         if self.package.deployable:
             problems += [rule.reason for rule in self.target.not_deployable_when if rule.holds(self.target)]
         family = family_of(self.model.variant)

@@ -1,7 +1,10 @@
-"""The staged export pipeline: load -> fold -> capture -> [precision] -> export -> validate -> benchmark -> package.
+"""The staged export pipeline: load -> fold -> capture -> [precision] -> export -> [quantize] -> validate ->
+benchmark -> package.
 
-The precision stage runs only for a precision that declares one (``efexport.exporter.precisions``: a quantize
-stage for an integer precision); float precisions are applied by the target's converter.
+The precision stage runs only for a precision that declares one (``efexport.exporter.precisions``); float
+precisions are applied by the target's converter. An integer precision adds a calibrate stage (calibration
+inputs, and held-out ones: the gate's reference set is then those held-out images) and a quantize stage (the
+target's quantizer, chosen group by group: ``exporter.stages.quantize``).
 
 Data flows one way: each stage takes the previous stages' typed results and returns its own. Everything
 is written into a staging directory that becomes the artifact only after the package stage has verified
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +26,7 @@ import numpy as np
 from rich.console import Console
 
 from efexport.exporter import interrupts
+from efexport.exporter.calibration import CalibrationSet, load_calibration
 from efexport.exporter.errors import EfexportError, ParityError, RecipeError, StageError, UsageError
 from efexport.exporter.manifest import REFERENCE_FILE
 from efexport.exporter.output import check_destination, check_output_root, staged_output, write_failure
@@ -32,12 +38,13 @@ from efexport.exporter.stages.capture import capture
 from efexport.exporter.stages.fold import fold_model, fold_probe
 from efexport.exporter.stages.load import LoadedModel, load_model
 from efexport.exporter.stages.package import build_manifest, package
+from efexport.exporter.stages.quantize import select_quantization
 from efexport.exporter.targets import TARGETS
-from efexport.exporter.targets.base import Runner, Target
+from efexport.exporter.targets.base import ExportedModel, Runner, Target
 from efexport.exporter.verify import ValidatedRun
 from efexport.validate.isolated import run_isolated
 from efexport.validate.parity import compare_outputs
-from efexport.validate.reference import ReferenceSet, build_reference_set
+from efexport.validate.reference import IMAGE, ReferenceSet, build_reference_set, pytorch_outputs
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class ExportRequest:
     recipe_source: str
     force: bool = False
     trace: bool = False  # write op_trace.json: per-op error growth (targets whose runner can trace)
+    calibration: Path | None = None  # integer precisions: images folder or .npy/.npz (None: synthetic, warned)
 
 
 @dataclass
@@ -139,6 +147,41 @@ def _gated_parity(runner: Runner, reference: ReferenceSet, recipe: Recipe) -> di
     return report.to_dict()
 
 
+@dataclass(frozen=True)
+class Calibrated:
+    inputs: CalibrationSet
+    selection_outputs: np.ndarray  # the unfolded PyTorch model's, on inputs.selection
+    gate: ReferenceSet  # the held-out gate inputs and the PyTorch outputs: the validate stage's reference
+
+
+def _calibrate(request: ExportRequest, loaded: LoadedModel, recipe: Recipe) -> Calibrated:
+    settings = recipe.quantization
+    preprocessing = loaded.family.preprocessing(loaded.variant, recipe.export.image_size)
+    inputs = load_calibration(request.calibration, preprocessing, settings.samples, settings.held_out,
+                              recipe.parity.seed)
+    gate = ReferenceSet(inputs.gate, (IMAGE,) * len(inputs.gate), pytorch_outputs(loaded.model, inputs.gate))
+    return Calibrated(inputs, pytorch_outputs(loaded.model, inputs.selection), gate)
+
+
+def _quantize(target: Target, exported: ExportedModel, calibrated: Calibrated,
+              recipe: Recipe) -> tuple[ExportedModel, dict]:
+    """The target's quantizer on the float model it exported, chosen group by group; the chosen model replaces
+    the float one in the staging directory."""
+    if not hasattr(target, "quantizer"):
+        raise UsageError(f"the {target.name} target has no quantizer for {recipe.precision}")
+    with tempfile.TemporaryDirectory(prefix="efexport-quantize-") as work:
+        workdir = Path(work)
+        float_model = workdir / f"float{exported.path.suffix}"
+        shutil.copyfile(exported.path, float_model)
+        quantizer = target.quantizer(float_model, calibrated.inputs.calibration, workdir, recipe)
+        result = select_quantization(quantizer, lambda path: target.open_runner(path, recipe.latency.threads),
+                                     float_model, calibrated.inputs.selection, calibrated.selection_outputs,
+                                     recipe.tolerances(), recipe.quantization, workdir, exported.path)
+    result.calibration = calibrated.inputs.describe()
+    facts = exported.facts | target.quantized_facts(exported.path)
+    return ExportedModel(exported.path, facts), result.to_dict()
+
+
 def _parity_run(target: Target, path: Path, recipe: Recipe, inputs: np.ndarray) -> tuple[np.ndarray, dict]:
     """The parity runner's outputs, and its report of the run (runners that keep one); in the child process."""
     runner = target.open_runner(path, recipe.latency.threads)
@@ -179,10 +222,24 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
         with reporter.stage("precision", f"{recipe.precision}: {precision_stage.__name__}"):
             captured = precision_stage(captured, recipe)
 
+    calibrated = None
+    if PRECISIONS[recipe.precision].needs_calibration:
+        with reporter.stage("calibrate", "calibration and held-out inputs, PyTorch outputs on the held-out ones"):
+            calibrated = _calibrate(request, loaded, recipe)
+        if calibrated.inputs.synthetic:
+            reporter.note(f"[yellow]warning:[/] no --calibration data: {recipe.precision} is calibrated on "
+                          "synthetic picture-like inputs; the package is marked not deployable")
+        reference = calibrated.gate
+
     with staged_output(final, request.force) as staging:
         with reporter.stage("export", target.describe(recipe)):
             exported = target.export(captured, staging, recipe)
             reference.save(staging / REFERENCE_FILE)
+        quantization = None
+        if calibrated is not None:
+            with reporter.stage("quantize", f"{recipe.precision}, {recipe.quantization.method} calibration on "
+                                            f"{len(calibrated.inputs.calibration)} inputs"):
+                exported, quantization = _quantize(target, exported, calibrated, recipe)
         with reporter.stage("validate", f"{target.name} vs PyTorch on {len(reference.inputs)} inputs"):
             digest = model_digest(exported.path)  # what the run below computes from (package's verify reuses it)
             outputs, run_report = run_isolated(lambda inputs: _parity_run(target, exported.path, recipe, inputs),
@@ -211,7 +268,8 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
             extras |= run_report  # e.g. what the Core ML interpreter executed
             manifest = build_manifest(loaded, folded, captured, exported, parity, latency, recipe,
                                       request.recipe_source,
-                                      {"backend": runner.backend, "version": runner.runtime_version}) | extras
+                                      {"backend": runner.backend, "version": runner.runtime_version},
+                                      quantization) | extras
             manifest = package(staging, manifest, target, exported, recipe.latency.threads, validated)
     return ExportResult(final, manifest, reporter.seconds,
                         reporter.profiler.to_dict() if reporter.profiler else None)

@@ -2,10 +2,12 @@
 
 A float precision below fp32 (fp16, bf16) is applied by the target's converter or builder (Core ML's compute
 precision, TensorRT's builder flags): the captured graph goes to the target as it is. A precision with a
-``stage`` gets that stage between capture and export: it takes the captured graph and calibration inputs and
-returns the graph to export (an integer precision's quantize stage: observers, calibration, Q/DQ pairs), so no
-target needs a special case for it. A precision whose ``needs_calibration`` has no stage yet is refused by the
-recipe check with the reason. Parity gates are per precision, in the recipe (``parity.tolerances.<name>``).
+``stage`` gets that stage between capture and export: it takes the captured graph and returns the graph to
+export. A precision that ``needs_calibration`` (int8) is calibrated on real inputs (``exporter.calibration``) and
+made by the target's own quantizer after export (``Target.quantizer``: ONNX Runtime's Q/DQ quantization for the
+ONNX-based targets), chosen group by group by the quantize stage (``exporter.stages.quantize``); a target
+offers it by listing it in its spec's precisions. Parity gates are per precision, in the recipe
+(``parity.tolerances.<name>``); an integer precision is gated on held-out inputs it was not calibrated on.
 """
 
 from __future__ import annotations
@@ -41,15 +43,6 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
     Precision("fp32", "float", 32),
     Precision("fp16", "float", 16),
     Precision("bf16", "float", 16),
-    Precision("int8", "integer", 8, needs_calibration=True),  # its quantize stage is issue 18's
+    # quantized after export by the target's quantizer (Target.quantizer), calibrated by exporter.calibration
+    Precision("int8", "integer", 8, needs_calibration=True),
 )}
-
-
-def unavailable_reason(name: str) -> str | None:
-    """Why recipes cannot use precision ``name`` yet (None when they can)."""
-    precision = PRECISIONS[name]
-    if precision.needs_calibration and precision.stage is None:
-        reduced = [p.name for p in PRECISIONS.values() if p.kind == "float" and p.reduced]
-        return (f"{name} needs calibration data or a quantized (QDQ) graph, which efexport does not make yet; use "
-                f"{', '.join(reduced)} or fp32")
-    return None

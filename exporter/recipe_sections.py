@@ -54,6 +54,16 @@ class Tolerances(Section):
                                                           "unset: reported, not gated (FP16)")
     min_cosine: float = Field(gt=0, le=1, description="smallest allowed cosine similarity per input")
     top1_agreement: bool = Field(True, description="the top-1 class must agree on every input")
+    min_top1_agreement: float | None = Field(None, gt=0, le=1, description=(
+        "smallest allowed fraction of inputs whose top-1 class agrees (a tie within the measured error counts); "
+        "for integer precisions, whose rounding may flip a near-tie: set top1_agreement = false with it"))
+
+    @model_validator(mode="after")
+    def _one_top1_rule(self) -> Tolerances:
+        if self.top1_agreement and self.min_top1_agreement is not None:
+            raise ValueError("top1_agreement (every input) and min_top1_agreement (a fraction) are alternatives; "
+                             "set top1_agreement = false to gate on the fraction")
+        return self
 
 
 class ParitySection(Section):
@@ -68,6 +78,24 @@ class ParitySection(Section):
         if value + info.data.get("noise_inputs", 1) < 1:
             raise ValueError("parity needs at least one input (noise_inputs + image_inputs >= 1)")
         return value
+
+
+class QuantizationSection(Section):
+    """How an integer precision is calibrated and what it may keep in float (exporter/stages/quantize.py)."""
+
+    method: Literal["minmax", "percentile", "entropy"] = Field(
+        "percentile", description="how activation ranges are taken from the calibration inputs")
+    samples: int = Field(64, ge=1, le=100_000, description="calibration inputs the ranges are measured on")
+    held_out: int = Field(16, ge=2, le=10_000, description=(
+        "inputs never calibrated on: half choose what stays in float, half gate the result (reference_io.npz)"))
+    per_channel: bool = Field(True, description="one weight scale per output channel instead of per tensor")
+    sensitivity: bool = Field(True, description=(
+        "measure each node group's error alone, then keep the most sensitive groups in float until the gate holds "
+        "on the selection inputs"))
+    keep_float: list[str] = Field([], description="node groups always kept in float (e.g. \"stem\", "
+                                                  "\"stages/2/blocks/3\")")
+    max_float_groups: int = Field(64, ge=0, le=10_000, description=(
+        "at most this many groups return to float; the search stops there and the gate decides"))
 
 
 class LatencySection(Section):

@@ -17,13 +17,13 @@ from typing import Any, Literal
 from pydantic import ValidationError, create_model, model_validator
 
 from efexport.exporter.errors import RecipeError
-from efexport.exporter.precisions import unavailable_reason
 from efexport.exporter.recipe_sections import (
     PRECISIONS,
     ExportSection,
     FoldSection,
     LatencySection,
     ParitySection,
+    QuantizationSection,
     Section,
     Tolerances,
 )
@@ -46,6 +46,7 @@ class RecipeBase(Section):
     fold: FoldSection = FoldSection()
     parity: ParitySection
     latency: LatencySection = LatencySection()
+    quantization: QuantizationSection = QuantizationSection()
 
     @model_validator(mode="after")
     def _fits_the_target(self) -> RecipeBase:
@@ -53,9 +54,6 @@ class RecipeBase(Section):
         for name, other in TARGETS.items():
             if other.recipe_section and (getattr(self, name) is None) == (self.target == name):
                 raise ValueError(f"{name}: a {name} recipe needs a [{name}] table, and only it may have one")
-        unavailable = unavailable_reason(self.precision)
-        if unavailable:
-            raise ValueError(f"precision: {unavailable}")
         if self.precision not in spec.precisions:
             raise ValueError(f"precision: the {self.target} target exports {', '.join(spec.precisions)}, not "
                              f"{self.precision}")

@@ -73,6 +73,10 @@ def compare_outputs(got: np.ndarray, want: np.ndarray, kinds: tuple[str, ...], t
             failures.append(f"{where}: cosine {row.cosine:.7f} < {tol.min_cosine}")
         if tol.top1_agreement and not (row.top1_agree or row.top1_tie):
             failures.append(f"{where}: top-1 class differs")
+    if tol.min_top1_agreement is not None:
+        agreeing = sum(r.top1_agree or r.top1_tie for r in rows)
+        if agreeing < tol.min_top1_agreement * len(rows):
+            failures.append(f"top-1 agreement {agreeing}/{len(rows)} < {tol.min_top1_agreement:.3g}")
     return ParityReport(
         passed=not failures, failures=tuple(failures), tolerances=tol.model_dump(),
         max_abs=max(r.max_abs for r in rows), mean_abs=float(np.mean([r.mean_abs for r in rows])),

@@ -18,6 +18,7 @@ import typer
 from efexport.exporter import interrupts
 from efexport.exporter.cli.bench import bench_command
 from efexport.exporter.cli.bundle import bundle_command
+from efexport.exporter.cli.evaluate import evaluate_command
 from efexport.exporter.cli.export import all_command, export_command
 from efexport.exporter.cli.fold import fold_command
 from efexport.exporter.cli.info import targets_command, variants_command
@@ -42,6 +43,7 @@ app.command("fold")(fold_command)
 app.command("verify")(verify_command)
 app.command("bundle")(bundle_command)
 app.command("bench")(bench_command)
+app.command("evaluate")(evaluate_command)
 app.command("variants")(variants_command)
 app.command("targets")(targets_command)
 app.command("publish")(publish_command)

@@ -19,6 +19,7 @@ from efexport.exporter.cli.console import fail, json_out, run_guarded, stderr, t
 from efexport.exporter.cli.signature import switch, with_options
 from efexport.exporter.cli.tables import profile_table, summary_table, trace_table
 from efexport.exporter.errors import EfexportError, RecipeError, UsageError
+from efexport.exporter.precisions import PRECISIONS
 from efexport.exporter.targets import TARGETS, TargetOption, TargetSpec
 
 
@@ -69,6 +70,10 @@ def _shared_parameters(spec: TargetSpec) -> list[inspect.Parameter]:
     shared = [("variant", options.Variant, None), ("weights", options.Weights, None), ("seed", options.Seed, 0),
               ("out", options.Out, Path("artifacts")), ("recipe", options.Recipe, None),
               ("precision", precision, None)]
+    if any(PRECISIONS[name].needs_calibration for name in spec.precisions):
+        shared += [("calibration", options.Calibration, None),
+                   ("calibration_samples", options.CalibrationSamples, None),
+                   ("calibration_method", options.CalibrationMethod, None)]
     return [inspect.Parameter(name, keyword, default=default, annotation=annotation)
             for name, annotation, default in shared]
 
@@ -90,6 +95,9 @@ def _closing_parameters(spec: TargetSpec) -> list[inspect.Parameter]:
 def _overrides(spec: TargetSpec, given: dict[str, Any], as_json: bool) -> dict[str, Any]:
     """Recipe keys -> values of the target's own options that were given (None: not given)."""
     overrides: dict[str, Any] = {"precision": options.plain(given.pop("precision"))}
+    if "calibration_samples" in given:  # targets with an integer precision
+        overrides["quantization.samples"] = given.pop("calibration_samples")
+        overrides["quantization.method"] = options.plain(given.pop("calibration_method"))
     for option in spec.options:
         value = given.pop(option.param)
         if option.kind is bool and "/" not in option.flag:
@@ -125,18 +133,21 @@ def export_command(spec: TargetSpec) -> Callable[..., None]:
 
 def run_export_command(spec: TargetSpec, overrides: dict[str, Any], *, variant: str | None, weights: Path | None,
                        seed: int, out: Path, recipe: Path | None, no_pass: list[str] | None, force: bool,
-                       profile: bool, quiet: bool, as_json: bool, trace: bool = False) -> None:
+                       profile: bool, quiet: bool, as_json: bool, trace: bool = False,
+                       calibration: Path | None = None) -> None:
     """What every export command does: recipe + flags -> pipeline -> summary (console) or JSON (stdout)."""
 
     def work() -> Any:
         final_recipe, path = load_target_recipe(spec.name, recipe, overrides, no_pass)
+        if calibration is not None and not PRECISIONS[final_recipe.precision].needs_calibration:
+            raise UsageError(f"--calibration is for integer precisions; this export is {final_recipe.precision}")
         spec.load()  # a missing extra fails here, before any work, naming the extra
         from efexport.exporter.manifest_model import Manifest
         from efexport.exporter.pipeline import TRACE_FILE, ExportRequest, StageReporter, run_export  # torch: late
         from efexport.exporter.profiling import PipelineProfiler
 
         request = ExportRequest(variant=variant, weights=weights, seed=seed, out_dir=out, recipe=final_recipe,
-                                recipe_source=str(path), force=force, trace=trace)
+                                recipe_source=str(path), force=force, trace=trace, calibration=calibration)
         console = stderr(quiet)
         result = run_export(request, StageReporter(console, PipelineProfiler() if profile else None))
         manifest = Manifest.model_validate(result.manifest)  # checked against its schema by the package stage

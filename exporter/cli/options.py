@@ -74,6 +74,27 @@ NoPass = Annotated[
                       f"runs; a pass with nothing to rewrite in a family records no change): {', '.join(PASS_NAMES)}."),
 ]
 
+# ---- integer precisions: calibration -----------------------------------------------------------------------------
+Calibration = Annotated[
+    Path | None,
+    typer.Option("--calibration", show_default=False,
+                 help="Calibration data for --precision int8: a folder of images (any format Pillow reads, "
+                      "preprocessed as the package says) or an .npy/.npz array of normalised N x 3 x H x W inputs. "
+                      "Without it a synthetic set is used, with a warning, and the package is not deployable."),
+]
+CalibrationSamples = Annotated[
+    int | None,
+    typer.Option("--calibration-samples", min=1, show_default=False,
+                 help="Calibration inputs the activation ranges are measured on (recipe: quantization.samples; "
+                      "quantization.held_out more are kept aside to select and gate)."),
+]
+CalibrationMethodName = choice("CalibrationMethodName", ("minmax", "percentile", "entropy"))
+CalibrationMethod = Annotated[
+    CalibrationMethodName | None,
+    typer.Option("--calibration-method", show_default=False,
+                 help="How activation ranges are taken (recipe: quantization.method)."),
+]
+
 # ---- where results go -----------------------------------------------------------------------------------------
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output root; a package goes to "
                                                        "OUT/MODEL-VARIANT/TARGET-PRECISION/.")]

@@ -26,6 +26,7 @@ from efexport.exporter.manifest_model import (
     ParityGate,
     PreprocessingFacts,
     PublishedFigures,
+    QuantizationFacts,
     RecipeFacts,
     TensorSpec,
     ToolVersions,
@@ -48,11 +49,15 @@ if TYPE_CHECKING:
     from efexport.exporter.verify import ValidatedRun
 
 
-def package_identity(model_name: str, target_facts: dict, random_init: bool) -> dict:
+def package_identity(model_name: str, target_facts: dict, random_init: bool,
+                     synthetic_calibration: bool = False) -> dict:
     """The package's name and whether it may be deployed; the reasons say why not."""
     reasons = []
     if random_init:
         reasons.append("random-init weights: the model computes nothing meaningful")
+    if synthetic_calibration:
+        reasons.append("calibrated on synthetic inputs (no --calibration data): its activation ranges are not "
+                       "those of real images")
     spec = TARGETS[target_facts["format"]]
     if spec.not_deployable:
         reasons += spec.not_deployable(target_facts)
@@ -70,7 +75,7 @@ def recipe_facts(recipe: Recipe, source: str) -> dict:
 
 def build_manifest(loaded: LoadedModel, folded: FoldedModel, captured: CapturedGraph, exported: ExportedModel,
                    parity: ParityReport, latency: list[LatencyReport], recipe: Recipe, recipe_source: str,
-                   parity_runtime: dict[str, str] | None = None) -> dict:
+                   parity_runtime: dict[str, str] | None = None, quantization: dict | None = None) -> dict:
     """Every fact about the artifact, built as the manifest's typed blocks (exporter.manifest_model, which its
     JSON Schema is generated from, so a mistake fails here, naming the block) and dumped as plain JSON types;
     ``files`` is added once the files are final."""
@@ -78,7 +83,8 @@ def build_manifest(loaded: LoadedModel, folded: FoldedModel, captured: CapturedG
     manifest = ManifestFacts(
         schema=MANIFEST_SCHEMA,
         package=PackageIdentity.model_validate(
-            package_identity(loaded.package_name, exported.facts, loaded.is_random)),
+            package_identity(loaded.package_name, exported.facts, loaded.is_random,
+                             bool(quantization and quantization["calibration"]["synthetic"]))),
         model=ModelFacts(family=family.display_name, version=family.version, variant=loaded.variant,
                          parameters=sum(p.numel() for p in loaded.model.parameters()),
                          num_classes=cfg.num_classes,
@@ -95,6 +101,7 @@ def build_manifest(loaded: LoadedModel, folded: FoldedModel, captured: CapturedG
             "reference_file": REFERENCE_FILE, "compared_against": "unfolded PyTorch model (eval, float32)"}
             | ({"runtime": parity_runtime} if parity_runtime else {})),
         latency=[LatencyEntry.model_validate(report.to_dict()) for report in latency],
+        quantization=QuantizationFacts.model_validate(quantization) if quantization else None,
         capture=CaptureFacts.model_validate(captured.describe()),  # after export: a target may have traced
         versions=ToolVersions.model_validate(tool_versions()),
         recipe=RecipeFacts.model_validate(recipe_facts(recipe, recipe_source)),

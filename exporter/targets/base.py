@@ -49,3 +49,8 @@ class Target(Protocol):
     def extra_runtimes(self, path: Path, recipe: Recipe) -> list[Runner]: ...  # real runtimes besides it, if any
 
     def embed_metadata(self, path: Path, entries: dict[str, str]) -> None: ...
+
+    # A target that lists an integer precision (int8) also has:
+    # quantizer(float_model: Path, calibration: np.ndarray, workdir: Path, recipe) -> stages.quantize.Quantizer
+    #   (writes integer candidates of the float model it exported, keeping chosen node groups in float), and
+    # quantized_facts(path: Path) -> dict (the target block's facts that quantization changes, e.g. op counts).

@@ -25,6 +25,7 @@ from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.targets.base import ExportedModel
 from efexport.exporter.targets.onnx.cleanup import constants_to_initializers
+from efexport.exporter.targets.onnx.quantize import OnnxQuantizer
 
 MODEL_FILE = "model.onnx"
 
@@ -188,3 +189,11 @@ class OnnxTarget:
 
     def embed_metadata(self, path: Path, entries: dict[str, str]) -> None:
         set_metadata(path, model_file_entries(entries))
+
+    def quantizer(self, float_model: Path, calibration: np.ndarray, workdir: Path, recipe: Recipe) -> OnnxQuantizer:
+        """ONNX Runtime's QDQ quantization, uint8 activations: what its CPU integer kernels run fastest."""
+        settings = recipe.quantization
+        return OnnxQuantizer(float_model, calibration, workdir, settings.method, settings.per_channel)
+
+    def quantized_facts(self, path: Path) -> dict:
+        return {"op_counts": op_counts(onnx.load(path, load_external_data=False))}

@@ -14,7 +14,7 @@ class OnnxTarget(TargetFacts):
     """exporter/targets/onnx/export.py: OnnxTarget.export."""
 
     format: Literal["onnx"]
-    precision: Literal["fp32"]
+    precision: Literal["fp32", "int8"]
     opset: PositiveInt
     simplifier: Simplifier
     dynamic_batch: bool

@@ -1,0 +1,105 @@
+"""INT8 for the ONNX-based targets: ONNX Runtime's static quantization in QDQ form, node group by node group.
+
+A float ONNX model becomes one whose weights are int8 (one scale per output channel) and whose activations are
+8-bit, written as QuantizeLinear/DequantizeLinear pairs around each quantized op: ONNX Runtime's CPU provider
+fuses them into integer kernels (QLinearConv, QLinearMatMul, QLinearAdd, QLinearAveragePool, ...), TensorRT
+reads them as explicit quantization. The activation ranges are measured once on the calibration inputs (kept in
+a calibration cache) and reused for every candidate the quantize stage tries, so keeping a group in float costs
+one graph rewrite, not a new calibration.
+
+Node groups come from the node names the exporter writes from the module path (``/stages/2/blocks/3/mlp/...``):
+a block, a downsampling layer, the stem, the norm, the head; ops outside any module are the group ``other``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from efexport.exporter.quiet import quieted
+
+OTHER = "other"  # ops outside any module: the final reshape and pooling
+_QUANT_LOGGERS = ("root", "onnxruntime", "onnxruntime.quantization")
+
+
+def node_group(name: str) -> str:
+    """``/stages/2/blocks/3/mlp/fc1/Conv`` -> ``stages/2/blocks/3``; ``/stages/1/downsample/conv/Conv`` ->
+    ``stages/1/downsample``; ``/stem/conv1/Conv`` -> ``stem``; ``/Reshape`` -> ``other``."""
+    parts = [part for part in name.split("/") if part][:-1]  # the module path, without the op's own name
+    if not parts:
+        return OTHER
+    head = parts[:4]
+    numeric = [i for i, part in enumerate(head) if part.isdigit()]
+    if not numeric:
+        return parts[0]
+    end = numeric[-1] + 1
+    if end < len(parts) and end < 4 and not (end + 1 < len(parts) and parts[end + 1].isdigit()):
+        end += 1  # a named layer of an indexed stage: stages/1/downsample
+    return "/".join(parts[:end])
+
+
+class _Inputs:
+    """ONNX Runtime's CalibrationDataReader over a stack of inputs, one batch-1 feed at a time (a reader is
+    consumed once; the quantizer asks for a fresh one per calibration)."""
+
+    def __init__(self, name: str, inputs: np.ndarray) -> None:
+        self._feeds: Iterator[dict[str, np.ndarray]] = iter({name: inputs[i:i + 1]} for i in range(len(inputs)))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+class OnnxQuantizer:
+    """Writes QDQ versions of one float ONNX model that keep chosen node groups in float."""
+
+    def __init__(self, float_model: Path, calibration: np.ndarray, workdir: Path, method: str, per_channel: bool,
+                 symmetric_activations: bool = False) -> None:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        self.workdir = workdir
+        self.float_model = float_model
+        self.prepared = workdir / "prepared.onnx"
+        with quieted(*_QUANT_LOGGERS):
+            # shape inference and ONNX Runtime's basic fusions first, as its quantizer expects
+            quant_pre_process(str(float_model), str(self.prepared), skip_symbolic_shape=True)
+        model = onnx.load(self.prepared)
+        self.input_name = model.graph.input[0].name
+        self.nodes: dict[str, list[str]] = {}
+        for node in model.graph.node:
+            self.nodes.setdefault(node_group(node.name), []).append(node.name)
+        self.groups = tuple(self.nodes)
+        self.calibration = calibration
+        self.method = method
+        self.per_channel = per_channel
+        self.symmetric_activations = symmetric_activations
+        self.cache = workdir / "calibration_cache.json"
+
+    def describe(self) -> dict:
+        activations = "int8, symmetric" if self.symmetric_activations else "uint8, asymmetric"
+        return {"format": "QDQ (QuantizeLinear/DequantizeLinear)", "tool": "onnxruntime.quantization",
+                "weights": f"int8, symmetric, per {'channel' if self.per_channel else 'tensor'}",
+                "activations": f"{activations}, per tensor", "calibration_method": self.method}
+
+    def build(self, float_groups: frozenset[str], path: Path) -> None:
+        """Writes to ``path`` the model with every group but ``float_groups`` quantized (all float: the float
+        model itself)."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        if set(self.groups) <= float_groups:
+            shutil.copyfile(self.float_model, path)
+            return
+        excluded = [name for group in sorted(float_groups & set(self.groups)) for name in self.nodes[group]]
+        activation = QuantType.QInt8 if self.symmetric_activations else QuantType.QUInt8
+        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                  "entropy": CalibrationMethod.Entropy}[self.method]
+        with quieted(*_QUANT_LOGGERS):
+            quantize_static(str(self.prepared), str(path), _Inputs(self.input_name, self.calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
+                            activation_type=activation, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                            calibrate_method=method, calibration_cache_path=str(self.cache),
+                            extra_options={"ActivationSymmetric": self.symmetric_activations,
+                                           "WeightSymmetric": True})
