@@ -52,6 +52,7 @@ SWEEP_BATCHES = (1, 2, 4, 8, 16, 32)
 MAX_SWEEP_BATCH = 1024  # the recipes' latency.batch_size cap; a batch of 100000 is a 60 GB input
 SWEPT_BACKENDS = ("onnxruntime-plain", "onnxruntime-folded")
 EAGER = "pytorch-eager"
+FOLDED = "onnxruntime-folded"  # efexport's float ONNX: what an integer package's speed is measured against
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,7 @@ class VariantBench:
     throughput: list[dict]
     own_timer: list[dict]
     not_measured: dict[str, str]
+    quantized: list[dict] = field(default_factory=list)  # integer packages: their trade-off, and measured speed
 
     def to_dict(self) -> dict:
         by_name = {b["name"]: b["latency"]["stats_ms"]["p50"] for b in self.backends}
@@ -189,10 +191,32 @@ class VariantBench:
             ("onnxruntime-folded", "onnxruntime-plain"), ("onnxruntime-folded", EAGER),
             ("onnxruntime-plain", EAGER), ("pytorch-eager-folded", EAGER), ("pytorch-compiled", EAGER),
             ("pytorch-compiled", "onnxruntime-folded")) if a in by_name and b in by_name}
+        quantized = []
+        for entry in self.quantized:  # speed against efexport's float ONNX, measured in this run's interleaving
+            timed = [name for name in by_name if name.startswith(f"package {entry['package']} on ")]
+            speedup = by_name[FOLDED] / by_name[timed[0]] if timed and FOLDED in by_name else None
+            quantized.append(entry | {"measured_speedup_over_float_onnx": speedup})
         loaded = self.loaded
         return {"variant": loaded.variant, "weights": loaded.weights, "cost": self.cost,
                 "published": loaded.family.published(loaded.variant), "backends": self.backends, "p50_ratios": ratios,
-                "throughput": self.throughput, "own_timer": self.own_timer, "not_measured": self.not_measured}
+                "throughput": self.throughput, "own_timer": self.own_timer, "not_measured": self.not_measured,
+                "quantized": quantized}
+
+
+def quantized_entry(package: Path) -> dict | None:
+    """An integer package's quantization record for the bench report (None for a float package): what stayed
+    float, the gate's figures on the held-out inputs, and every candidate of the error/speed trade-off."""
+    manifest = load_manifest(package)
+    quantization = manifest.quantization
+    if quantization is None:
+        return None
+    parity = manifest.parity
+    return {"package": package.name, "precision": manifest.target.precision,
+            "groups": quantization.groups, "float_groups": list(quantization.float_groups),
+            "gate": {"min_cosine": parity.min_cosine, "top1_agreement": parity.top1_agreement,
+                     "inputs": len(parity.per_input), "required_min_cosine": parity.tolerances.min_cosine},
+            "calibration": quantization.calibration.description,
+            "tradeoff": [c.model_dump(mode="json") for c in quantization.tradeoff]}
 
 
 def matmul_gflops(threads: int, size: int = 1024) -> dict:
@@ -240,6 +264,7 @@ def bench_variant(variant: str | None, settings: BenchSettings, progress: Callab
                                                f"{recipe.export.simplifier})", folded_path, example, settings.threads),
         ]
         not_measured: dict[str, str] = {}
+        quantized: list[dict] = []
         if settings.compile:
             progress(f"{loaded.variant}: torch.compile")
             compiled = torch_backend("pytorch-compiled", "torch.compile (inductor) of the folded model",
@@ -257,7 +282,11 @@ def bench_variant(variant: str | None, settings: BenchSettings, progress: Callab
                 found, missing = package_backends(package, settings.threads)
                 backends += found
                 not_measured |= missing
-        return _measure(loaded, cost, backends, not_measured, settings, progress)
+                if (entry := quantized_entry(package)) is not None:
+                    quantized.append(entry)
+        bench = _measure(loaded, cost, backends, not_measured, settings, progress)
+        bench.quantized = quantized
+        return bench
 
 
 def _measure(loaded: LoadedModel, cost: dict, backends: list[Backend], not_measured: dict[str, str],

@@ -411,6 +411,17 @@ class CalibrationFacts(_Block):
     synthetic: bool
 
 
+class QuantizationSelection(_Block):
+    """The chosen candidate on the selection inputs, and the cosine it had to reach there."""
+
+    min_cosine: float
+    min_cosine_required: float
+    top1_agreement: Fraction
+    speedup: Positive | None = Field(description="Against the float model, interleaved; null on a reference "
+                                                 "execution (an interpreter), whose speed is not a device's.")
+    inputs: PositiveInt
+
+
 class QuantizationFacts(_Block):
     """exporter.stages.quantize.QuantizationResult: how an integer model was calibrated, which node groups stayed
     in float and why (the per-group sensitivity), and the error/speed trade-off of every candidate tried."""
@@ -420,7 +431,7 @@ class QuantizationFacts(_Block):
     groups: PositiveInt
     keep_float: Sequence[NonEmptyStr]
     float_groups: Sequence[NonEmptyStr]
-    selection: dict[str, float]
+    selection: QuantizationSelection
     sensitivity: Sequence[SensitivityRow]
     tradeoff: Sequence[QuantizationCandidate]
 

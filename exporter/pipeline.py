@@ -178,8 +178,7 @@ def _quantize(target: Target, exported: ExportedModel, calibrated: Calibrated,
                                      float_model, calibrated.inputs.selection, calibrated.selection_outputs,
                                      recipe.tolerances(), recipe.quantization, workdir, exported.path)
     result.calibration = calibrated.inputs.describe()
-    facts = exported.facts | target.quantized_facts(exported.path)
-    return ExportedModel(exported.path, facts), result.to_dict()
+    return target.finish_quantized(exported, recipe), result.to_dict()
 
 
 def _parity_run(target: Target, path: Path, recipe: Recipe, inputs: np.ndarray) -> tuple[np.ndarray, dict]:

@@ -94,6 +94,9 @@ class QuantizationSection(Section):
         "on the selection inputs"))
     keep_float: list[str] = Field([], description="node groups always kept in float (e.g. \"stem\", "
                                                   "\"stages/2/blocks/3\")")
+    selection_margin: float = Field(0.5, gt=0, le=1, description=(
+        "the choice must pass on the selection inputs with this fraction of the gate's cosine error (1 - "
+        "min_cosine), so the gate's unseen inputs have headroom"))
     max_float_groups: int = Field(64, ge=0, le=10_000, description=(
         "at most this many groups return to float; the search stops there and the gate decides"))
 

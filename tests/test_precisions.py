@@ -1,5 +1,5 @@
 """The precision axis (exporter/precisions.py): recipes take its values, a precision that needs a stage it does not
-have is refused by name, and a precision's stage runs between capture and export on the real pipeline."""
+have is refused by name, and a precision's graph stage runs between capture and export on the real pipeline."""
 
 from __future__ import annotations
 
@@ -23,10 +23,11 @@ def test_recipes_take_the_registered_precisions() -> None:
     assert set(typing.get_args(field.annotation)) == set(precisions.PRECISIONS)
 
 
-def test_a_precision_without_its_stage_is_refused_by_name(fast_recipe: Recipe) -> None:
-    assert precisions.unavailable_reason("fp16") is None
-    with pytest.raises(RecipeError, match="precision: int8 needs calibration data"):
-        apply_overrides(fast_recipe, {"precision": "int8"})
+def test_a_target_refuses_a_precision_it_does_not_list(fast_recipe: Recipe) -> None:
+    assert apply_overrides(fast_recipe, {"precision": "int8"}).precision == "int8"  # ONNX lists int8
+    assert precisions.PRECISIONS["int8"].needs_calibration
+    with pytest.raises(RecipeError, match="precision: the onnx target exports fp32, int8, not fp16"):
+        apply_overrides(fast_recipe, {"precision": "fp16"})
 
 
 def negated(captured: CapturedGraph, recipe: Recipe) -> CapturedGraph:

@@ -397,11 +397,58 @@ def accuracy_plot(report: dict, path: Path, backend: str = DEFAULT_BACKEND,
     return _save(_accuracy_figure(report, backend, published_table), Path(path))
 
 
+# -------------------------------------------------------------------------------------------------- quantized
+
+
+def _quantized(report: dict) -> list[tuple[str, dict]]:
+    return [(v["variant"], q) for v in _variants(report) for q in v.get("quantized") or []]
+
+
+def _quantization_figure(report: dict) -> Figure:
+    entries = _quantized(report)
+    if not entries:
+        raise ValueError("no integer package in this report")
+    figure = _figure(4.8)
+    ax = figure.subplots()
+    for index, (variant, entry) in enumerate(entries):
+        color, marker = _PALETTE[index % len(_PALETTE)], _MARKERS[index % len(_MARKERS)]
+        points = sorted((c["speedup"], c["min_cosine"], len(c["float_groups"]), c["passed"])
+                        for c in entry["tradeoff"] if c.get("speedup"))
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=color, marker=marker, linestyle="none",
+                alpha=0.55, label=f"{variant} {entry['precision']}: candidates (groups in float)")
+        for speed, cosine, kept, _ in points:
+            ax.annotate(str(kept), (speed, cosine), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                        color=color)
+        measured = entry.get("measured_speedup_over_float_onnx")
+        if measured:
+            ax.plot([measured], [entry["gate"]["min_cosine"]], color=color, marker=marker, markersize=11,
+                    markeredgecolor="black", linestyle="none",
+                    label=f"{variant} shipped: {len(entry['float_groups'])}/{entry['groups']} groups float, "
+                          f"{measured:.2f}x, top-1 {entry['gate']['top1_agreement'] * 100:.0f}% (gate inputs)")
+        ax.axhline(entry["gate"]["required_min_cosine"], color=color, linestyle=":", linewidth=1)
+    ax.axvline(1.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("speed against the float model (x, batch 1, interleaved; > 1 is faster)")
+    ax.set_ylabel("min logits cosine vs float")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    _titles(figure, "Integer quantization: error against speed",
+            f"{_cpu(report)}. Small markers: every candidate the quantize stage tried (selection inputs; the "
+            "number is how many node groups stayed float). Large: the shipped package, its gate inputs' min cosine "
+            "and the speed bench measured against efexport's float ONNX in this run. Dotted: the gate.")
+    return figure
+
+
+def quantization_plot(report: dict, path: Path) -> Path:
+    """quantization.png: each integer package's error/speed trade-off (bench reports with integer packages)."""
+    return _save(_quantization_figure(report), Path(path))
+
+
 # ------------------------------------------------------------------------------------------------------- all
 
 
 def write_plots(report: dict, out_dir: Path, published_table: dict | None = None) -> dict[str, Path]:
-    """latency.png, accuracy.png, and throughput.png (only when the report has a batch sweep) in ``out_dir``."""
+    """latency.png, accuracy.png, throughput.png (only when the report has a batch sweep) and quantization.png
+    (only when it has integer packages) in ``out_dir``."""
     out_dir = Path(out_dir)
     written = {
         "latency": latency_plot(report, out_dir / "latency.png"),
@@ -409,4 +456,6 @@ def write_plots(report: dict, out_dir: Path, published_table: dict | None = None
     }
     if _sweep(report):
         written["throughput"] = throughput_plot(report, out_dir / "throughput.png")
+    if _quantized(report):
+        written["quantization"] = quantization_plot(report, out_dir / "quantization.png")
     return written

@@ -101,10 +101,10 @@ def build_manifest(loaded: LoadedModel, folded: FoldedModel, captured: CapturedG
             "reference_file": REFERENCE_FILE, "compared_against": "unfolded PyTorch model (eval, float32)"}
             | ({"runtime": parity_runtime} if parity_runtime else {})),
         latency=[LatencyEntry.model_validate(report.to_dict()) for report in latency],
-        quantization=QuantizationFacts.model_validate(quantization) if quantization else None,
         capture=CaptureFacts.model_validate(captured.describe()),  # after export: a target may have traced
         versions=ToolVersions.model_validate(tool_versions()),
         recipe=RecipeFacts.model_validate(recipe_facts(recipe, recipe_source)),
+        **({"quantization": QuantizationFacts.model_validate(quantization)} if quantization else {}),
     )
     return dump_manifest(manifest)
 

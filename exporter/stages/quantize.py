@@ -8,7 +8,9 @@ the gate holds.
 2. Sensitivity: each group quantized alone, everything else float; its error is the logits' worst cosine
    distance from the float reference on the selection inputs (and how many top-1 classes it flips).
 3. The k most sensitive groups back in float, for k = 1, 2, 4, ... until the gate holds, then the smallest
-   such k by bisection. Every candidate tried is kept as a point of the error/speed trade-off, its speed measured
+   such k by bisection. "The gate" here is the recipe's, tightened: the selection inputs must stay within
+   ``selection_margin`` of its cosine error, so that the choice keeps headroom on inputs it was not made on.
+   Every candidate tried is kept as a point of the error/speed trade-off, its speed measured
    against the float model interleaved, call for call, in this process.
 
 The target supplies the quantizer (``Target.quantizer``: it knows its format) and its parity runner; this stage
@@ -18,6 +20,7 @@ are held out from both, so the choice is not judged on the inputs that made it.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -85,11 +88,14 @@ class _Trial:
         self.inputs, self.reference, self.tolerances = inputs, reference, tolerances
         self.workdir = workdir
         self.float_runner = open_runner(float_model)
+        self.suffix = float_model.suffix  # .onnx, .mlpackage, ...
+        # a reference execution (an interpreter) computes what a device would, but its speed says nothing
+        self.timed = getattr(self.float_runner, "is_deployment_runtime", True)
         self.built = 0
 
     def build(self, float_groups: frozenset[str]) -> Path:
         self.built += 1
-        path = self.workdir / f"candidate-{self.built}.onnx"
+        path = self.workdir / f"candidate-{self.built}{self.suffix}"
         self.quantizer.build(float_groups, path)
         return path
 
@@ -98,12 +104,15 @@ class _Trial:
         runner = self.open_runner(path)
         report = compare_outputs(runner(self.inputs), self.reference, ("image",) * len(self.inputs),
                                  self.tolerances)
-        speedup = self.speedup(runner) if timed else None
+        speedup = self.speedup(runner) if timed and self.timed else None
         ordered = tuple(g for g in self.quantizer.groups if g in float_groups)
         return Candidate(ordered, report.min_cosine, report.top1_agreement, report.passed, speedup), path
 
-    def speedup(self, runner: Callable[[np.ndarray], np.ndarray], rounds: int = SPEED_ROUNDS) -> float:
-        """Median call time of the float model over this one's, batch 1, calls alternating between the two."""
+    def speedup(self, runner: Callable[[np.ndarray], np.ndarray], rounds: int = SPEED_ROUNDS) -> float | None:
+        """Median call time of the float model over this one's, batch 1, calls alternating between the two (None
+        on a reference execution, whose speed is not a device's)."""
+        if not self.timed:
+            return None
         one = self.inputs[:1]
         for _ in range(3):
             self.float_runner(one), runner(one)
@@ -116,12 +125,26 @@ class _Trial:
         return round(statistics.median(times["float"]) / statistics.median(times["int"]), 3)
 
 
+def _remove(path: Path) -> None:
+    """A candidate: a file (.onnx) or a package directory (.mlpackage)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _move(path: Path, out: Path) -> None:
+    """The chosen candidate into the float model's place in the staging directory."""
+    _remove(out)
+    shutil.move(path, out)
+
+
 def _sensitivity(trial: _Trial, quantizer: Quantizer, candidates: list[str]) -> list[SensitivityRow]:
     rows = []
     every = frozenset(quantizer.groups)
     for group in candidates:
         measured, path = trial.measure(every - {group}, timed=False)
-        path.unlink()
+        _remove(path)
         rows.append(SensitivityRow(group, len(quantizer.nodes[group]), measured.min_cosine,
                                    measured.top1_agreement))
     return sorted(rows, key=lambda row: (row.min_cosine, row.top1_agreement))
@@ -137,7 +160,9 @@ def select_quantization(quantizer: Quantizer, open_runner: Callable[[Path], Call
         raise RecipeError(f"quantization.keep_float: no node group {unknown[0]!r}; the groups are "
                           f"{', '.join(quantizer.groups)}")
     forced = frozenset(settings.keep_float)
-    trial = _Trial(quantizer, open_runner, float_model, selection, reference, tolerances, workdir)
+    # stricter than the gate: a choice that only just passes on the selection inputs fails on others
+    stricter = tolerances.model_copy(update={"min_cosine": 1 - (1 - tolerances.min_cosine) * settings.selection_margin})
+    trial = _Trial(quantizer, open_runner, float_model, selection, reference, stricter, workdir)
     tried: dict[tuple[str, ...], tuple[Candidate, Path]] = {}
 
     def attempt(float_groups: frozenset[str]) -> Candidate:
@@ -174,12 +199,12 @@ def select_quantization(quantizer: Quantizer, open_runner: Callable[[Path], Call
             "(quantization.keep_float)")
     path = tried[chosen.float_groups][1]
     final_speed = trial.speedup(open_runner(path), rounds=3 * SPEED_ROUNDS)
-    path.replace(out)
+    _move(path, out)
     for _, other in tried.values():
-        other.unlink(missing_ok=True)
+        _remove(other)
     return QuantizationResult(
         quantizer=quantizer.describe(), calibration={}, groups=len(quantizer.groups),
         keep_float=list(settings.keep_float), float_groups=list(chosen.float_groups),
         selection={"min_cosine": chosen.min_cosine, "top1_agreement": chosen.top1_agreement,
-                   "speedup": final_speed, "inputs": len(selection)},
+                   "speedup": final_speed, "inputs": len(selection), "min_cosine_required": stricter.min_cosine},
         sensitivity=rows, tradeoff=sorted((c for c, _ in tried.values()), key=lambda c: len(c.float_groups)))

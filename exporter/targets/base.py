@@ -53,4 +53,5 @@ class Target(Protocol):
     # A target that lists an integer precision (int8) also has:
     # quantizer(float_model: Path, calibration: np.ndarray, workdir: Path, recipe) -> stages.quantize.Quantizer
     #   (writes integer candidates of the float model it exported, keeping chosen node groups in float), and
-    # quantized_facts(path: Path) -> dict (the target block's facts that quantization changes, e.g. op counts).
+    # finish_quantized(exported: ExportedModel, recipe) -> ExportedModel: its work once the chosen integer model
+    #   replaced the float one (facts that changed, e.g. op counts; TensorRT builds its engine from it).

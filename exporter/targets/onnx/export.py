@@ -195,5 +195,7 @@ class OnnxTarget:
         settings = recipe.quantization
         return OnnxQuantizer(float_model, calibration, workdir, settings.method, settings.per_channel)
 
-    def quantized_facts(self, path: Path) -> dict:
-        return {"op_counts": op_counts(onnx.load(path, load_external_data=False))}
+    def finish_quantized(self, exported: ExportedModel, recipe: Recipe) -> ExportedModel:
+        """The integer model's op counts (QuantizeLinear, DequantizeLinear, ...) in its facts."""
+        counts = op_counts(onnx.load(exported.path, load_external_data=False))
+        return ExportedModel(exported.path, exported.facts | {"op_counts": counts})

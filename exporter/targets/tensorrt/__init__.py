@@ -101,7 +101,7 @@ SPEC = TargetSpec(
             "build model.plan and measure its parity and latency. Exit code 8: written, but no engine could be "
             "built here (no TensorRT or no GPU); the reason is printed and recorded in engine.json.",
     writes="model.onnx (prepared), build_recipe.toml, build_engine.sh, engine.json (+ model.plan with TensorRT)",
-    precisions=("fp32", "fp16", "bf16"),
+    precisions=("fp32", "fp16", "bf16", "int8"),
     default_recipe="tensorrt-a100.toml",
     implementation="efexport.exporter.targets.tensorrt.prepare:TensorRTTarget",
     facts="efexport.exporter.targets.tensorrt.facts:TensorRTTarget",

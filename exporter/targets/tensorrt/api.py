@@ -63,9 +63,12 @@ def _logger():
     return logger
 
 
-def _parse(trt, builder, onnx_path: Path):
-    """The network of ``onnx_path``; a parser error raises RuntimeError naming the failing ONNX node(s)."""
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode, no flags
+def _parse(trt, builder, onnx_path: Path, strongly_typed: bool = False):
+    """The network of ``onnx_path``; a parser error raises RuntimeError naming the failing ONNX node(s).
+    ``strongly_typed``: every tensor's type comes from the graph (its Q/DQ pairs), none from builder flags."""
+    # TensorRT 10: explicit batch is the only mode; STRONGLY_TYPED for explicit (Q/DQ) quantization
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, _logger())
     # path: lets the parser find weights stored next to the model (external data)
     if not parser.parse(onnx_path.read_bytes(), path=str(onnx_path)):
@@ -128,7 +131,8 @@ def build_engine(onnx_path: Path, plan_path: Path, options: BuildOptions, timing
     logger = _logger()
     logger.errors.clear()
     builder = trt.Builder(logger)
-    network, _parser = _parse(trt, builder, onnx_path)
+    strongly_typed = options.precision == "int8"  # the ONNX carries Q/DQ pairs: explicit quantization
+    network, _parser = _parse(trt, builder, onnx_path, strongly_typed)
     _check_input(network, options)
 
     config = builder.create_builder_config()
@@ -136,8 +140,8 @@ def build_engine(onnx_path: Path, plan_path: Path, options: BuildOptions, timing
     config.builder_optimization_level = options.optimization_level
     config.clear_flag(trt.BuilderFlag.TF32)  # on by default: TF32 math (10-bit mantissa) is not FP32 parity
     pinned = 0
-    if options.precision != "fp32":
-        flags = {"fp16": trt.BuilderFlag.FP16, "bf16": trt.BuilderFlag.BF16, "int8": trt.BuilderFlag.INT8}
+    if options.precision not in ("fp32", "int8"):  # int8: strongly typed, no precision flags
+        flags = {"fp16": trt.BuilderFlag.FP16, "bf16": trt.BuilderFlag.BF16}
         if options.precision not in flags:
             raise ValueError(f"unknown precision {options.precision!r}; expected fp32, {', '.join(flags)}")
         config.set_flag(flags[options.precision])

@@ -67,7 +67,11 @@ def trtexec_command(options: BuildOptions, onnx_file: str, plan_file: str = PLAN
         args += [f"--minShapes={_shape_flag(name, p.shape(p.min, size))}",
                  f"--optShapes={_shape_flag(name, p.shape(p.opt, size))}",
                  f"--maxShapes={_shape_flag(name, p.shape(p.max, size))}"]
-    if options.precision != "fp32":
+    if options.precision == "int8":
+        # explicit quantization: the Q/DQ pairs in the ONNX decide every tensor's type (implicit INT8 calibration
+        # is deprecated since TensorRT 10.1); a strongly typed network takes no precision flags or pins
+        args.append("--stronglyTyped")
+    elif options.precision != "fp32":
         args.append(f"--{options.precision}")
         if options.fp32_layers:
             pinned = ",".join(f"{layer}:fp32" for layer in options.fp32_layers)

@@ -15,6 +15,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from efexport.exporter.errors import EfexportError, ExitCode
@@ -22,7 +23,8 @@ from efexport.exporter.manifest import model_file_entries, sha256_of
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.targets.base import ExportedModel
-from efexport.exporter.targets.onnx.export import MODEL_FILE, OnnxRunner, export_onnx, set_metadata
+from efexport.exporter.targets.onnx.export import MODEL_FILE, OnnxRunner, export_onnx, op_counts, set_metadata
+from efexport.exporter.targets.onnx.quantize import OnnxQuantizer
 from efexport.exporter.targets.tensorrt.options import (
     PLAN_FILE,
     BuildOptions,
@@ -75,7 +77,9 @@ def check_ops(model: onnx.ModelProto) -> dict:
 
 def build_options(recipe: Recipe, model: onnx.ModelProto) -> BuildOptions:
     settings = recipe.tensorrt
-    pinned = () if recipe.precision == "fp32" else nodes_pinned_to_fp32(model, tuple(settings.fp32_ops))
+    # fp32 needs no pins; int8 is strongly typed (the Q/DQ pairs decide, pins are not allowed)
+    reduced_float = recipe.precision not in ("fp32", "int8")
+    pinned = nodes_pinned_to_fp32(model, tuple(settings.fp32_ops)) if reduced_float else ()
     return BuildOptions(
         input_name=model.graph.input[0].name, image_size=recipe.export.image_size, precision=recipe.precision,
         profile=Profile(*settings.profile) if recipe.export.dynamic_batch else None, fp32_layers=pinned,
@@ -92,11 +96,17 @@ def engine_unavailable_reason() -> str | None:
 
 
 class PreparedOnnxRunner(OnnxRunner):
-    """ONNX Runtime on the prepared (fp32) ONNX: proves the file TensorRT will parse computes the model."""
+    """ONNX Runtime on the prepared ONNX: proves the file TensorRT will parse computes the model."""
 
     backend = "onnxruntime-cpu (prepared ONNX)"
-    precision = "fp32"
     is_deployment_runtime = False  # CPU timings say nothing about a TensorRT engine
+
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__(path, threads)
+        # the gate of the file it runs: fp32 (TensorRT applies fp16/bf16 at build time), or int8 when the file
+        # carries its Q/DQ pairs (explicit quantization: ONNX Runtime computes what the engine will)
+        ops = {node.op_type for node in onnx.load(path, load_external_data=False).graph.node}
+        self.precision = "int8" if "QuantizeLinear" in ops else "fp32"
 
 
 class TensorRTTarget:
@@ -124,6 +134,17 @@ class TensorRTTarget:
 
     def export(self, captured: CapturedGraph, staging: Path, recipe: Recipe) -> ExportedModel:
         exported = export_onnx(captured, staging / MODEL_FILE, recipe.export.opset, recipe.export.simplifier)
+        facts = {"format": "tensorrt", "model_file": MODEL_FILE, "precision": recipe.precision,
+                 "gpu": recipe.tensorrt.gpu, "opset": exported.opset, "simplifier": exported.simplifier,
+                 "dynamic_batch": recipe.export.dynamic_batch}
+        if recipe.precision == "int8":  # the quantize stage replaces model.onnx; finish_quantized builds from it
+            return ExportedModel(exported.path, facts)
+        return self._prepare_build(ExportedModel(exported.path, facts), recipe)
+
+    def _prepare_build(self, exported: ExportedModel, recipe: Recipe) -> ExportedModel:
+        """Op check, build options, build_engine.sh, the recipe copy and (where possible) the engine, from the
+        prepared ONNX as it will ship."""
+        staging = exported.path.parent
         model = onnx.load(exported.path, load_external_data=False)
         support = check_ops(model)
         options = build_options(recipe, model)
@@ -132,12 +153,22 @@ class TensorRTTarget:
         script.chmod(0o755)
         (staging / RECIPE_COPY).write_text(_recipe_toml(recipe))
         engine = self._build_engine(staging, options)
-        return ExportedModel(exported.path, {
-            "format": "tensorrt", "model_file": MODEL_FILE, "precision": recipe.precision, "gpu": recipe.tensorrt.gpu,
-            "opset": exported.opset, "simplifier": exported.simplifier, "dynamic_batch": recipe.export.dynamic_batch,
-            "op_counts": exported.op_counts, "tensorrt_op_support": support, "build_options": options.to_dict(),
+        return ExportedModel(exported.path, exported.facts | {
+            "op_counts": op_counts(model), "tensorrt_op_support": support, "build_options": options.to_dict(),
             "trtexec": trtexec_command(options, MODEL_FILE), "engine": engine,
         })
+
+    def quantizer(self, float_model: Path, calibration: np.ndarray, workdir: Path, recipe: Recipe) -> OnnxQuantizer:
+        """ONNX Runtime's QDQ quantization with symmetric int8 activations (zero points 0): what TensorRT's
+        explicit quantization takes."""
+        settings = recipe.quantization
+        return OnnxQuantizer(float_model, calibration, workdir, settings.method, settings.per_channel,
+                             symmetric_activations=True)
+
+    def finish_quantized(self, exported: ExportedModel, recipe: Recipe) -> ExportedModel:
+        """The Q/DQ graph checked against TensorRT's parser table, its strongly typed build prepared (and run where
+        TensorRT and a GPU exist)."""
+        return self._prepare_build(exported, recipe)
 
     def _build_engine(self, staging: Path, options: BuildOptions) -> dict:
         reason = engine_unavailable_reason()
