@@ -960,4 +960,127 @@ def _slice_by_size(a: _Args) -> np.ndarray:
     return x[tuple(index)]
 
 
+# --- compression and quantization ------------------------------------------------------------------------------
+# Following coremltools' op definitions (ops/defs/iOS16/constexpr_ops.py, iOS17/quantization_ops.py,
+# iOS18/compression.py) and the NumPy references they use for value inference (coremltools.optimize._utils):
+# dequantizing is scale * (q - zero_point) with scale/zero_point broadcast along ``axis``; quantizing is
+# clip(round(x / scale) + zero_point) into the output dtype's range, rounding half to even (np.around).
+
+
+def _along(param: np.ndarray, rank: int, axis: int | None) -> np.ndarray:
+    """A scalar or a vector of per-``axis`` parameters, shaped to broadcast against a rank-``rank`` tensor."""
+    param = np.asarray(param)
+    if param.size == 1 and axis is None:
+        return param.reshape(())  # a per-tensor parameter (saved packages hold scalars as one-element vectors)
+    if param.ndim == 0 or param.ndim == rank:
+        return param
+    if param.ndim != 1 or axis is None:
+        raise MilProgramError(f"a quantization parameter of shape {param.shape} needs an axis")
+    shape = [1] * rank
+    shape[_axis(axis, rank)] = param.shape[0]
+    return param.reshape(shape)
+
+
+def _optional_axis(a: _Args) -> int | None:
+    return a.integer("axis") if "axis" in a else None
+
+
+def _affine_dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None,
+                       axis: int | None) -> np.ndarray:
+    values = np.asarray(q).astype(np.float32)
+    if zero_point is not None:
+        values = values - _along(np.asarray(zero_point).astype(np.float32), values.ndim, axis)
+    return values * _along(np.asarray(scale).astype(np.float32), values.ndim, axis)
+
+
+_INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+@kernel("quantize")
+def _quantize(a: _Args) -> np.ndarray:
+    """iOS17 quantize: clip(round_half_even(input / scale) + zero_point, dtype range), per tensor or per ``axis``."""
+    dtype = a.text("output_dtype")
+    if dtype not in _INT_RANGE:
+        raise MilProgramError(f"quantize op '{a.op.name}': output_dtype {dtype!r} is not int8 or uint8")
+    x = np.asarray(a.value("input"), dtype=np.float32)
+    axis = _optional_axis(a)
+    q = np.around(x / _along(np.asarray(a.value("scale"), dtype=np.float32), x.ndim, axis))
+    if "zero_point" in a:
+        q = q + _along(np.asarray(a.value("zero_point")).astype(np.float32), x.ndim, axis)
+    low, high = _INT_RANGE[dtype]
+    return np.clip(q, low, high).astype(dtype)
+
+
+@kernel("dequantize")
+def _dequantize(a: _Args) -> np.ndarray:
+    """iOS17 dequantize: scale * (input - zero_point), per tensor or per ``axis``."""
+    zero_point = a.value("zero_point") if "zero_point" in a else None
+    return _affine_dequantize(a.value("input"), a.value("scale"), zero_point, _optional_axis(a))
+
+
+@kernel("constexpr_affine_dequantize")
+def _constexpr_affine_dequantize(a: _Args) -> np.ndarray:
+    """iOS16: scale * (quantized_data - zero_point), scale and zero_point scalars or vectors along ``axis``."""
+    return _affine_dequantize(a.value("quantized_data"), a.value("scale"), a.value("zero_point"),
+                              a.integer("axis"))
+
+
+@kernel("constexpr_blockwise_shift_scale")
+def _constexpr_blockwise_shift_scale(a: _Args) -> np.ndarray:
+    """iOS18: scale * (data - offset), scale/offset of data's rank, each entry covering a block of
+    data.shape / scale.shape elements."""
+    data = np.asarray(a.value("data")).astype(np.float32)
+    scale = np.asarray(a.value("scale"), dtype=np.float32)
+    offset = np.asarray(a.value("offset")).astype(np.float32) if "offset" in a else None
+    if scale.ndim != data.ndim:
+        raise MilProgramError(f"constexpr_blockwise_shift_scale op '{a.op.name}': scale rank {scale.ndim}, data "
+                              f"rank {data.ndim}")
+    for axis, (size, blocks) in enumerate(zip(data.shape, scale.shape, strict=True)):
+        if size % blocks:
+            raise MilProgramError(f"constexpr_blockwise_shift_scale op '{a.op.name}': {blocks} blocks do not divide "
+                                  f"dim {axis} of size {size}")
+        scale = np.repeat(scale, size // blocks, axis)
+        if offset is not None:
+            offset = np.repeat(offset, size // blocks, axis)
+    return scale * (data - offset if offset is not None else data)
+
+
+def _unpack_indices(packed: np.ndarray, nbits: int, count: int) -> np.ndarray:
+    """iOS16 LUT indices: n-bit fields packed into bytes from the least significant bit up, row-major."""
+    bits = np.unpackbits(np.asarray(packed, dtype=np.uint8).reshape(-1), bitorder="little")
+    if bits.size < nbits * count:
+        raise MilProgramError(f"{packed.size} bytes hold fewer than {count} {nbits}-bit indices")
+    fields = bits[:nbits * count].reshape(count, nbits).astype(np.int64)
+    return fields @ (1 << np.arange(nbits, dtype=np.int64))
+
+
+@kernel("constexpr_lut_to_dense")
+def _constexpr_lut_to_dense(a: _Args) -> np.ndarray:
+    """iOS16: lut[indices] with the indices packed (log2 len(lut) bits each) and reshaped to ``shape``.
+    iOS18: per-block tables, lut [*blocks, palette, vector]: each index picks from the table of its block (vector
+    entries laid out along ``vector_axis``)."""
+    lut = np.asarray(a.value("lut"))
+    if "shape" in a:  # iOS16: one table, packed indices
+        shape = a.ints("shape")
+        nbits = int(math.log2(lut.shape[0]))
+        return lut[_unpack_indices(a.value("indices"), nbits, math.prod(shape))].reshape(shape)
+    indices = np.asarray(a.value("indices")).astype(np.int64)
+    rank, (palette, vector) = indices.ndim, lut.shape[-2:]
+    if vector > 1:
+        axis = _axis(a.integer("vector_axis"), rank)
+        indices = np.swapaxes(indices, -1, axis)
+        lut = np.swapaxes(lut, -3, axis)
+    table = np.zeros(indices.shape, dtype=np.int64)  # which table each index reads: its block's, row-major
+    for d in range(rank):
+        size, tables = indices.shape[d], lut.shape[d]
+        if size % tables:
+            raise MilProgramError(f"constexpr_lut_to_dense op '{a.op.name}': {tables} tables do not divide dim {d} "
+                                  f"of size {size}")
+        block = (np.arange(size) // (size // tables)).reshape([-1 if k == d else 1 for k in range(rank)])
+        table = table * tables + block
+    picked = lut.reshape(-1, palette, vector)[table, indices]  # (*indices.shape, vector)
+    out = picked.reshape(*indices.shape[:-1], indices.shape[-1] * vector)
+    return np.swapaxes(out, -1, _axis(a.integer("vector_axis"), rank)) if vector > 1 else out
+
+
 SUPPORTED_OPS: tuple[str, ...] = ("const", *sorted(KERNELS))

@@ -14,6 +14,25 @@ from pydantic import Field
 from efexport.exporter.recipe_sections import Section
 from efexport.exporter.targets.spec import TargetOption, TargetSpec, fixed_batch
 
+_IOS = ("iOS15", "iOS16", "iOS17", "iOS18")
+
+
+def check_recipe(recipe: object) -> None:
+    """A fixed batch of 1; int8 (W8A8: iOS17's quantize/dequantize ops) needs iOS17 or later and compresses its
+    weights itself; compression is for fp16/fp32 packages."""
+    fixed_batch("Core ML packages")(recipe)
+    settings = recipe.coreml
+    if recipe.precision == "int8":
+        if _IOS.index(settings.minimum_deployment_target) < _IOS.index("iOS17"):
+            raise ValueError(f"coreml.minimum_deployment_target: int8 (W8A8) needs iOS17 or later (its activations "
+                             f"are quantize/dequantize ops, new in iOS17), not {settings.minimum_deployment_target}")
+        if settings.compress != "none":
+            raise ValueError(f"coreml.compress: an int8 package's weights are int8 already; compress "
+                             f"({settings.compress}) is for fp16 and fp32 packages")
+    if settings.compress != "none" and "int8" not in recipe.parity.tolerances:
+        raise ValueError(f"parity.tolerances.int8: a package with compressed weights (coreml.compress = "
+                         f"{settings.compress}) is gated by it; the recipe has none")
+
 
 class CoreMLSection(Section):
     minimum_deployment_target: Literal["iOS15", "iOS16", "iOS17", "iOS18"] = Field(
@@ -27,6 +46,9 @@ class CoreMLSection(Section):
     author: str = Field("efexport", description="MLModel author")
     license: str = Field("Apache-2.0 (EfficientFormer weights: see their source)", description="MLModel license")
     version: str = Field("1", description="MLModel version string")
+    compress: Literal["none", "int8-weights", "palettize-6bit"] = Field(
+        "none", description="weight compression of an fp16/fp32 package: int8-weights (linear int8, one scale per "
+                            "output channel), palettize-6bit (a 64-entry k-means look-up table per weight), none")
 
 
 SPEC = TargetSpec(
@@ -35,7 +57,7 @@ SPEC = TargetSpec(
     summary="Export to a Core ML ML Program (.mlpackage), prove parity by executing the saved program with "
             "efexport's reference interpreter (and with Core ML itself on macOS), and package the artifact.",
     writes="model.mlpackage",
-    precisions=("fp32", "fp16"),
+    precisions=("fp32", "fp16", "int8"),
     default_recipe="coreml.toml",
     implementation="efexport.exporter.targets.coreml.convert:CoreMLTarget",
     facts="efexport.exporter.targets.coreml.facts:CoreMLTarget",
@@ -48,9 +70,12 @@ SPEC = TargetSpec(
                      "graph; tensor: the normalised float tensor the ONNX artifact takes (recipe default image).",
                      choices=("image", "tensor")),
         TargetOption("--labels", "coreml.labels", "Class labels, one per line (default: the ImageNet-1k names)."),
+        TargetOption("--compress", "coreml.compress", "Weight compression of an fp16/fp32 package: int8-weights, "
+                     "palettize-6bit, or none (recipe default none).",
+                     choices=("none", "int8-weights", "palettize-6bit")),
     ),
     recipe_section=CoreMLSection,
-    check_recipe=fixed_batch("Core ML packages"),
+    check_recipe=check_recipe,
     extra="coreml",
     requires=("coremltools",),
     traceable=True,

@@ -14,22 +14,34 @@ the saved program with ``validate.mil_interpreter``; on macOS ``validate.coreml_
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from efexport.exporter.errors import RecipeError
 from efexport.exporter.labels import read_labels
 from efexport.exporter.manifest import model_description, model_file_entries
 from efexport.exporter.preprocessing import IMAGENET
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.targets.base import ExportedModel
+from efexport.exporter.targets.coreml.quantize import (
+    GROUPS_KEY,
+    CoreMLQuantizer,
+    compression_pass,
+    describe_compression,
+    node_groups,
+)
 from efexport.validate.coreml_io import (
     INPUT_NAME,
     LABEL,
@@ -103,23 +115,34 @@ def convert(captured: CapturedGraph, recipe: Recipe, labels: list[str], precisio
     input_type = _input_type(recipe, image_size)
     with quiet_coremltools():
         # Two steps: coremltools cannot attach a classifier to a program with two declared outputs in one call.
-        compute_precision = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
+        # int8 starts from the FP16 program: its quantize stage adds the integer ops (CoreMLTarget.quantizer).
+        compute_precision = ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16
         program = ct.convert(exported, inputs=[input_type], convert_to="milinternal", minimum_deployment_target=target,
                              compute_precision=compute_precision,
                              outputs=[ct.TensorType(name=LOGITS, dtype=np.float32),
                                       ct.TensorType(name=PROBABILITIES)])
         program.functions["main"].set_output_types(None)
-        return ct.convert(
+        compression = compression_pass(recipe.coreml.compress) if precision != "int8" else None
+        if compression is not None:  # weights only: constexpr ops the runtime expands at load time
+            compression(program)  # __call__: in a graph-pass scope, as the converter runs its passes
+        mlmodel = ct.convert(
             program, inputs=[input_type], convert_to="mlprogram", minimum_deployment_target=target,
             compute_precision=compute_precision,
             compute_units=getattr(ct.ComputeUnit, recipe.coreml.compute_units),
             classifier_config=ct.ClassifierConfig(labels, predicted_feature_name=LABEL,
                                                   predicted_probabilities_output=PROBABILITIES),
         )
+    if precision == "int8":  # the quantizer's node groups: captured node name -> group (replaced by the package stage)
+        mlmodel.user_defined_metadata[GROUPS_KEY] = json.dumps(node_groups(captured.program), sort_keys=True)
+    return mlmodel
 
 
 def program_op_counts(mlmodel) -> dict[str, int]:
-    operations = mlmodel._mil_program.functions["main"].operations
+    return _op_counts(mlmodel._mil_program)
+
+
+def _op_counts(program) -> dict[str, int]:
+    operations = program.functions["main"].operations
     return dict(sorted(Counter(op.op_type for op in operations if op.op_type != "const").items()))
 
 
@@ -174,6 +197,38 @@ def stable_package_identifiers(package: Path) -> bool:
 _PACKAGE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://efexport.invalid/mlpackage-items")
 
 
+def compressed_gate(op_counts: dict[str, int]) -> str | None:
+    """The precision whose parity gate (``parity.tolerances.<precision>``) a package with compressed weights and
+    float activations meets: int8's (its weights are integers: 8-bit values or 6-bit table indices; cosine and
+    top-1 agreement, no max_abs); None for others (uncompressed, or W8A8, whose recipe precision is int8)."""
+    compressed = any(op_counts.get(op) for op in ("constexpr_affine_dequantize", "constexpr_lut_to_dense",
+                                                  "constexpr_blockwise_shift_scale"))
+    return "int8" if compressed and not op_counts.get("quantize") else None
+
+
+def pack_package(path: Path) -> None:
+    """Replace the package directory at ``path`` by one uncompressed zip file of it, at the same path.
+
+    A workaround: the pipeline's quantize stage copies the float model with ``shutil.copyfile`` (a file, as ONNX's
+    is) before the quantizer sees it. The float int8 package is packed between export and quantize only: the
+    quantizer and the runners unpack it (``unpacked``), and the chosen candidate, a directory, replaces it."""
+    archive = Path(shutil.make_archive(str(path.with_suffix(".packing")), "zip", root_dir=path))
+    shutil.rmtree(path)
+    archive.rename(path)
+
+
+@contextlib.contextmanager
+def unpacked(path: Path) -> Iterator[Path]:
+    """The package at ``path``: itself when a directory, else (``pack_package``) unpacked into a temporary one."""
+    if Path(path).is_dir():
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="efexport-mlpackage-") as work:
+        package = Path(work) / MODEL_FILE
+        shutil.unpack_archive(str(path), str(package), format="zip")
+        yield package
+
+
 class MilInterpreterRunner:
     """Runs the saved ML Program with efexport's reference interpreter (validate.mil_interpreter), one input at a
     time, and keeps the largest |activation| of every op over all calls (FP16 headroom)."""
@@ -184,11 +239,14 @@ class MilInterpreterRunner:
 
     def __init__(self, path: Path, threads: int) -> None:
         ct = import_coremltools()
-        with quiet_coremltools():
-            self.program = load_program(path)
-            spec = ct.utils.load_spec(str(path))
+        with quiet_coremltools(), unpacked(path) as package:
+            self.program = load_program(package)
+            spec = ct.utils.load_spec(str(package))
         self.image_input = spec.description.input[0].type.WhichOneof("Type") == "imageType"
         self.threads = threads
+        # compressed weights and float activations (coreml.compress): gated by the int8 table (None: the recipe's own
+        # precision's gate)
+        self.precision = compressed_gate(_op_counts(self.program))
         self.runtime_version = f"coremltools {ct.__version__} program loader"
         self.op_max_abs: dict[str, tuple[str, str, float]] = {}  # var -> (op type, dtype, max |x|)
 
@@ -262,6 +320,8 @@ class CoreMLTarget:
         with quiet_coremltools():
             mlmodel.save(str(path))
         stable_package_identifiers(path)
+        if recipe.precision == "int8":
+            pack_package(path)  # the quantize stage copies it as one file; the chosen candidate replaces it
         image_size = captured.example.shape[-1]
         interface = {
             "inputs": [{"name": INPUT_NAME, "type": "image RGB, pixels 0-255", "shape": [1, 3, image_size, image_size],
@@ -279,7 +339,28 @@ class CoreMLTarget:
             "compute_units": settings.compute_units, "input": settings.input,
             "labels": {"source": settings.labels, "count": len(labels)}, "interface": interface,
             "op_counts": program_op_counts(mlmodel),
+            **({"compression": describe_compression(settings.compress)}
+               if settings.compress != "none" and recipe.precision != "int8" else {}),
         })
+
+    def quantizer(self, float_model: Path, calibration: np.ndarray, workdir: Path, recipe: Recipe) -> CoreMLQuantizer:
+        """W8A8 with coremltools' passes, activation ranges measured by the reference interpreter."""
+        method = recipe.quantization.method
+        if method == "entropy":
+            raise RecipeError("quantization.method: the Core ML target calibrates with minmax or percentile ranges "
+                              "(coremltools' activation passes take a min and a max per tensor), not entropy")
+        package = workdir / "float-unpacked.mlpackage"
+        with unpacked(float_model) as found:
+            shutil.copytree(found, package)
+        return CoreMLQuantizer(package, calibration, workdir, method, recipe.coreml.compute_units,
+                               recipe.quantization.per_channel)
+
+    def finish_quantized(self, exported: ExportedModel, recipe: Recipe) -> ExportedModel:
+        """The integer package's op counts (quantize, dequantize, constexpr_affine_dequantize, ...) in its facts."""
+        stable_package_identifiers(exported.path)
+        with quiet_coremltools():
+            counts = _op_counts(load_program(exported.path))
+        return ExportedModel(exported.path, exported.facts | {"op_counts": counts})
 
     latency_unavailable = ("Core ML runs only on macOS: this host has no Core ML runtime, so parity came from the "
                            "reference interpreter and nothing was timed")
@@ -288,7 +369,13 @@ class CoreMLTarget:
         return MilInterpreterRunner(path, threads)
 
     def extra_runtimes(self, path: Path, recipe: Recipe) -> list:
-        return runtime_runners(path)
+        runners = runtime_runners(path)
+        if runners:  # macOS: Core ML itself meets the gate the interpreter met (compressed weights: int8's)
+            with quiet_coremltools():
+                gate = compressed_gate(_op_counts(load_program(path)))
+            for runner in runners:
+                runner.precision = gate
+        return runners
 
     def embed_metadata(self, path: Path, entries: dict[str, str]) -> None:
         facts = _metadata_facts(entries)

@@ -36,16 +36,26 @@ class CoreMLInterface(Block):
     outputs: Annotated[Sequence[InterfaceEntry], Field(min_length=1)]
 
 
+class CoreMLCompression(Block):
+    """Weight compression of an fp16/fp32 package (``coreml.compress``): coremltools' pass, the weights' form, and
+    the op that expands them at load time."""
+
+    method: Literal["linear_quantize_weights", "palettize_weights"]
+    weights: NonEmptyStr
+    op: Literal["constexpr_affine_dequantize", "constexpr_lut_to_dense"]
+
+
 class CoreMLTarget(TargetFacts):
     """exporter/targets/coreml/convert.py: CoreMLTarget.export."""
 
     format: Literal["coreml"]
-    precision: Literal["fp32", "fp16"]
+    precision: Literal["fp32", "fp16", "int8"]
     minimum_deployment_target: Annotated[str, Field(pattern=r"^(iOS|macOS|tvOS|watchOS|visionOS)[0-9]+$")]
     compute_units: Literal["ALL", "CPU_ONLY", "CPU_AND_NE", "CPU_AND_GPU"]
     input: Literal["image", "tensor"]
     labels: CoreMLLabels | Absent = None
     interface: CoreMLInterface
+    compression: CoreMLCompression | Absent = None
 
 
-__all__ = ["CoreMLInterface", "CoreMLLabels", "CoreMLTarget", "InterfaceEntry"]
+__all__ = ["CoreMLCompression", "CoreMLInterface", "CoreMLLabels", "CoreMLTarget", "InterfaceEntry"]
