@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from efexport.validate.isolated import ISOLATED, outputs_isolated
+
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 FUNCTION = "main"
@@ -81,10 +83,15 @@ class CoreAIRunner:
     static_batch = 1
     threads = None  # the runtime schedules its own threads
 
-    def __init__(self, path: Path, compute_unit: str | None = None) -> None:
+    def __init__(self, path: Path, compute_unit: str | None = None, isolated: bool = False) -> None:
         from coreai.authoring.asset import AIModelAsset
 
         self.path = Path(path)
+        # isolated: each call loads and runs the asset in a forked child (Linux), leaving this process without
+        # the runtime's threads, so that it can still fork children that run it (a child forked after the
+        # Linux build ran here waits forever for threads it does not have). For many assets run once each (the
+        # quantize stage's candidates), before the validate stage's isolated run.
+        self.isolated = isolated
         self.asset = AIModelAsset.load(self.path)  # reads metadata.json and checks the asset is one
         self.compute_unit = compute_unit
         version = coreai_core_version()
@@ -137,6 +144,8 @@ class CoreAIRunner:
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         from coreai.runtime import NDArray
 
+        if self.isolated and ISOLATED:
+            return outputs_isolated(CoreAIRunner(self.path, self.compute_unit), inputs, f"{self.backend} run")
         if self._function is None:
             self._open()
         logits = []

@@ -1,13 +1,14 @@
 """The Core AI target: an ``.aimodel`` asset for iOS 27 and macOS 27, proven on Apple's own Core AI runtime.
 
 This module declares the target (its TargetSpec and its ``[coreai]`` recipe section); ``convert.py`` converts the
-captured graph with coreai-torch (and coreai-opt's FP16 cast) and writes the asset's metadata, ``facts.py`` its
-manifest block, ``card.md.j2`` its model-card sections. The runner is ``validate/coreai_runtime.py``.
+captured graph with coreai-torch (and coreai-opt's FP16 cast) and writes the asset's metadata, ``quantize.py``
+makes its int8 candidates (coreai-opt's W8A8 quantization), ``facts.py`` its manifest block, ``card.md.j2`` its
+model-card sections. The runner is ``validate/coreai_runtime.py``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -29,6 +30,16 @@ class CoreAISection(Section):
     version: str = Field("1", description="asset metadata: version string")
 
 
+_fixed_batch = fixed_batch("Core AI assets")
+
+
+def _check_recipe(recipe: Any) -> None:
+    _fixed_batch(recipe)
+    if recipe.precision == "int8" and recipe.quantization.method != "minmax":
+        raise ValueError(f"quantization.method: {recipe.quantization.method} is not offered for Core AI int8: "
+                         "coreai-opt measures activation ranges by their minimum and maximum only (minmax)")
+
+
 SPEC = TargetSpec(
     name="coreai",
     title="Core AI",
@@ -36,7 +47,7 @@ SPEC = TargetSpec(
             "on Apple's Core AI runtime (coreai-core's Linux build here; the OS framework on macOS 27+), and "
             "package the artifact.",
     writes="model.aimodel",
-    precisions=("fp32", "fp16"),
+    precisions=("fp32", "fp16", "int8"),
     default_recipe="coreai.toml",
     implementation="efexport.exporter.targets.coreai.convert:CoreAITarget",
     facts="efexport.exporter.targets.coreai.facts:CoreAITarget",
@@ -47,7 +58,7 @@ SPEC = TargetSpec(
                      "(default: the ImageNet-1k names)."),
     ),
     recipe_section=CoreAISection,
-    check_recipe=fixed_batch("Core AI assets"),
+    check_recipe=_check_recipe,
     extra="coreai",
     requires=("coreai_torch=coreai-torch", "coreai=coreai-core", "coreai_opt=coreai-opt"),
     ci_runner="linux",  # converted and proven on Linux; the macOS workflow re-verifies on the OS framework

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from contextlib import AbstractContextManager
 from pathlib import Path
+
+import numpy as np
 
 from efexport.exporter.labels import read_labels
 from efexport.exporter.manifest import model_description, model_file_entries
@@ -26,6 +29,7 @@ from efexport.exporter.quiet import quieted
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.targets.base import ExportedModel
+from efexport.exporter.targets.coreai.quantize import CONVERTER_LOGGERS, CoreAIQuantizer
 from efexport.validate.coreai_runtime import (
     INPUT_NAME,
     METADATA_FILE,
@@ -44,22 +48,28 @@ VERSION_KEY = "version"  # the asset metadata has author, license and descriptio
 def quiet_converters() -> AbstractContextManager[None]:
     """coreai-torch prints a banner and a progress bar on stdout (which ``--json`` owns); importing coreai-opt
     makes torchao log a warning about a CUDA kernel library and torch one about an Enum registration."""
-    return quieted("torchao", "torch.utils._pytree")
+    return quieted(*CONVERTER_LOGGERS)
 
 
 def convert(captured: CapturedGraph, precision: str):
     """The captured program as a Core AI AIProgram: decomposed with coreai-torch's table, cast to 16 bits by
     coreai-opt for FP16, converted in release mode (no source paths or stack traces in the asset: the same model
     gives the same bytes wherever it is converted)."""
+    return convert_program(captured.program, captured.example if precision == "fp16" else None)
+
+
+def convert_program(program, fp16_example=None):
+    """An ExportedProgram (the captured one, or an int8 candidate's) as an AIProgram; cast to 16 bits by
+    coreai-opt, calibrated on ``fp16_example``, when that is given."""
     with quiet_converters():
         import coreai_torch
 
-        program = captured.program.run_decompositions(coreai_torch.get_decomp_table())
-        if precision == "fp16":
+        program = program.run_decompositions(coreai_torch.get_decomp_table())
+        if fp16_example is not None:
             from coreai_opt.casting import cast_fp32_to_fp16
 
             # calibration_data: ops whose activations exceed float16's range on the example stay in float32
-            program = cast_fp32_to_fp16(program, calibration_data=[(captured.example,)])
+            program = cast_fp32_to_fp16(program, calibration_data=[(fp16_example,)])
         converter = coreai_torch.TorchConverter(mode=coreai_torch.TorchConverter.Mode.RELEASE)
         converter.add_exported_program(program, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
         return converter.to_coreai()
@@ -172,28 +182,75 @@ class CoreAITarget:
         read_labels(recipe.coreai.labels, num_classes)
 
     def export(self, captured: CapturedGraph, staging: Path, recipe: Recipe) -> ExportedModel:
+        """The asset (int8: the float32 one, which the quantize stage's candidates replace; the captured graph is
+        kept for them)."""
         settings = recipe.coreai
         labels = read_labels(settings.labels, int(captured.outputs[0].shape[-1]))
         path = staging / MODEL_FILE
 
         program = convert(captured, recipe.precision)
+        self._labels = labels
+        if recipe.precision == "int8":
+            self._captured = captured
+            return self._float_for_quantization(program, path, recipe)
         _write_asset(program, path, settings.minimum_os)
+        return ExportedModel(path, self._facts(path, recipe))
+
+    def _float_for_quantization(self, program, path: Path, recipe: Recipe) -> ExportedModel:
+        """The float32 asset the quantize stage starts from, beside a placeholder file where the asset goes.
+
+        The pipeline hands the float model to ``quantizer`` as a copy made with ``shutil.copyfile``, which takes
+        a file, not an asset's folder: the placeholder is what it copies, and ``quantizer`` puts the asset in
+        its place. The chosen int8 asset then replaces the placeholder in the staging folder."""
+        self._float_asset = path.with_name(f".float-{path.name}")
+        _write_asset(program, self._float_asset, recipe.coreai.minimum_os)
+        facts = self._facts(self._float_asset, recipe)
+        path.write_text("placeholder: the int8 asset is written here once the quantize stage has chosen it\n")
+        return ExportedModel(path, facts)
+
+    def _facts(self, path: Path, recipe: Recipe) -> dict:
+        """Labels, version and author into the asset's metadata, and the manifest's facts of the asset."""
+        settings = recipe.coreai
         set_metadata(path, {"author": settings.author, "license": settings.license, "description": ""},
-                     {LABELS_KEY: labels, VERSION_KEY: settings.version})
-        facts = asset_facts(path)
-        return ExportedModel(path, {
+                     {LABELS_KEY: self._labels, VERSION_KEY: settings.version})
+        converter = f"coreai-torch {_version('coreai-torch')}"
+        if recipe.precision == "fp16":
+            converter += f", coreai-opt {_version('coreai-opt')} cast_fp32_to_fp16"
+        elif recipe.precision == "int8":
+            converter += f", coreai-opt {_version('coreai-opt')} Quantizer (int8 weights and activations)"
+        return {
             "format": "coreai", "model_file": MODEL_FILE, "package": "Core AI asset (.aimodel)",
             "precision": recipe.precision, "minimum_os": settings.minimum_os, "input": settings.input,
-            "labels": {"source": settings.labels, "count": len(labels), "metadata_key": LABELS_KEY},
-            "converter": f"coreai-torch {_version('coreai-torch')}"
-                         + (f", coreai-opt {_version('coreai-opt')} cast_fp32_to_fp16"
-                            if recipe.precision == "fp16" else ""),
+            "labels": {"source": settings.labels, "count": len(self._labels), "metadata_key": LABELS_KEY},
+            "converter": converter,
             "runtime": f"coreai-core {coreai_core_version()}",
-            **facts,
-        })
+            **asset_facts(path),
+        }
+
+    def quantizer(self, float_model: Path, calibration: np.ndarray, workdir: Path,
+                  recipe: Recipe) -> CoreAIQuantizer:
+        """coreai-opt's W8A8 post-training quantization of the program this target exported (prepared and
+        calibrated once; each candidate re-converted with some groups left in float)."""
+        captured = getattr(self, "_captured", None)
+        if captured is None:
+            raise RuntimeError("Core AI quantizer: the target exported no int8 float model to quantize")
+        if float_model.is_file():  # the placeholder's copy (see _float_for_quantization): the asset instead
+            float_model.unlink()
+            shutil.move(self._float_asset, float_model)
+        minimum_os = recipe.coreai.minimum_os
+        return CoreAIQuantizer(captured, float_model, calibration, recipe.quantization.per_channel,
+                               convert_program, lambda program, path: _write_asset(program, path, minimum_os))
+
+    def finish_quantized(self, exported: ExportedModel, recipe: Recipe) -> ExportedModel:
+        """The chosen candidate replaced the float asset: its metadata written again, its facts (op counts,
+        storage types) read from it."""
+        self._captured = None
+        return ExportedModel(exported.path, self._facts(exported.path, recipe))
 
     def open_runner(self, path: Path, threads: int) -> CoreAIRunner:
-        return CoreAIRunner(path)
+        # while int8 candidates are tried (between export and finish_quantized), each run in a child process:
+        # the runtime must not have run in this one when the validate stage forks its own run
+        return CoreAIRunner(path, isolated=getattr(self, "_captured", None) is not None)
 
     def extra_runtimes(self, path: Path, recipe: Recipe) -> list:
         return runtime_runners(path)

@@ -41,14 +41,14 @@ class CoreAITarget(TargetFacts):
     """exporter/targets/coreai/convert.py: CoreAITarget.export."""
 
     format: Literal["coreai"]
-    precision: Literal["fp32", "fp16"]
+    precision: Literal["fp32", "fp16", "int8"]  # int8: int8 weights and activations, float32 in between
     minimum_os: Annotated[str, Field(pattern=r"^[0-9]+$", description="iOS / macOS major version")]
     input: Literal["tensor"]
     labels: CoreAILabels
     interface: CoreAIInterface
     converter: NonEmptyStr
     runtime: NonEmptyStr  # the coreai-core release whose runtime the parity gate ran
-    storage_types: dict[str, Count]  # scalar type -> how many stored values (FP16: nearly all Float16)
+    storage_types: dict[str, Count]  # scalar type -> how many stored values (FP16: nearly all Float16, INT8: Int8)
 
 
 __all__ = ["CoreAIInterface", "CoreAIInterfaceEntry", "CoreAILabels", "CoreAITarget"]
