@@ -353,7 +353,7 @@ class CoreMLTarget:
         with unpacked(float_model) as found:
             shutil.copytree(found, package)
         return CoreMLQuantizer(package, calibration, workdir, method, recipe.coreml.compute_units,
-                               recipe.quantization.per_channel)
+                               recipe.quantization.per_channel, recipe.coreml.minimum_deployment_target)
 
     def finish_quantized(self, exported: ExportedModel, recipe: Recipe) -> ExportedModel:
         """The integer package's op counts (quantize, dequantize, constexpr_affine_dequantize, ...) in its facts."""

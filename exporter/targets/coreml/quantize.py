@@ -197,10 +197,11 @@ class CoreMLQuantizer:
     """Writes W8A8 ML Program packages of one float package that keep chosen node groups in float."""
 
     def __init__(self, float_model: Path, calibration: np.ndarray, workdir: Path, method: str, compute_units: str,
-                 per_channel: bool = True, threads: int = 1) -> None:
+                 per_channel: bool = True, deployment_target: str = "iOS17", threads: int = 1) -> None:
         ct = import_coremltools()
         self.float_model, self.workdir, self.method = float_model, workdir, method
         self.compute_units, self.per_channel = compute_units, per_channel
+        self.deployment_target = deployment_target  # iOS17 or later: quantize/dequantize are iOS17 ops
         with quiet_coremltools():
             spec = ct.utils.load_spec(str(float_model))
         self.image_input = spec.description.input[0].type.WhichOneof("Type") == "imageType"
@@ -290,7 +291,7 @@ class CoreMLQuantizer:
                           ct.TensorType(name=INPUT_NAME, shape=(1, 3, self.image_size, self.image_size),
                                         dtype=np.float32))
             model = ct.convert(program, inputs=[input_type], convert_to="mlprogram",
-                               minimum_deployment_target=ct.target.iOS17,
+                               minimum_deployment_target=getattr(ct.target, self.deployment_target),
                                compute_precision=ct.precision.FLOAT32,  # the program's own types stay as they are
                                compute_units=getattr(ct.ComputeUnit, self.compute_units),
                                classifier_config=ct.ClassifierConfig(labels, predicted_feature_name=LABEL,
