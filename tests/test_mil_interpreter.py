@@ -39,6 +39,7 @@ from efexport.validate.mil_interpreter import (
     overflowing,
     run_program,
 )
+from tests.test_mil_quantized_ops import COVERED_OPS as QUANTIZED_OPS
 
 RNG_SEED = 7
 FP32_TOL = {"rtol": 1e-5, "atol": 1e-6}
@@ -345,6 +346,7 @@ def test_every_supported_op_has_a_case() -> None:
     for body, arrays, _ in CASES.values():
         prog = _program(body, *[a.shape for a in arrays])
         covered |= {op.op_type for op in prog.functions["main"].operations}
+    covered |= set(QUANTIZED_OPS)  # quantize, dequantize, constexpr_*: tests/test_mil_quantized_ops.py
     assert covered >= set(SUPPORTED_OPS)
     assert set(SUPPORTED_OPS) == {"const", *KERNELS}
 

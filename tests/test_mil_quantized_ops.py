@@ -17,7 +17,11 @@ import pytest
 from coremltools.converters.mil import Builder as mb
 from coremltools.converters.mil.mil import types
 
-from efexport.validate.mil_interpreter import load_program, run_program
+from efexport.validate.mil_interpreter import KERNELS, load_program, run_program
+
+# the ops this file checks (test_mil_interpreter's coverage test counts them as covered)
+COVERED_OPS = ("quantize", "dequantize", "constexpr_affine_dequantize", "constexpr_blockwise_shift_scale",
+               "constexpr_lut_to_dense")
 
 
 @contextlib.contextmanager
@@ -53,6 +57,11 @@ def _saved(prog, tmp_path: Path, target) -> object:
         path = tmp_path / "model.mlpackage"
         model.save(str(path))
     return load_program(path)
+
+
+def test_the_covered_ops_are_the_interpreters_quantized_kernels() -> None:
+    assert set(COVERED_OPS) <= set(KERNELS)
+    assert {op for op in KERNELS if op.startswith("constexpr_") or op.endswith("quantize")} == set(COVERED_OPS)
 
 
 # --- quantize / dequantize (iOS17) -------------------------------------------------------------------------------
