@@ -172,7 +172,10 @@ def _quantize(target: Target, exported: ExportedModel, calibrated: Calibrated,
     with tempfile.TemporaryDirectory(prefix="efexport-quantize-") as work:
         workdir = Path(work)
         float_model = workdir / f"float{exported.path.suffix}"
-        shutil.copyfile(exported.path, float_model)
+        if exported.path.is_dir():  # a package directory (.mlpackage, .aimodel)
+            shutil.copytree(exported.path, float_model)
+        else:
+            shutil.copyfile(exported.path, float_model)
         quantizer = target.quantizer(float_model, calibrated.inputs.calibration, workdir, recipe)
         result = select_quantization(quantizer, lambda path: target.open_runner(path, recipe.latency.threads),
                                      float_model, calibrated.inputs.selection, calibrated.selection_outputs,

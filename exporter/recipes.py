@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import ValidationError, create_model, model_validator
 
 from efexport.exporter.errors import RecipeError
+from efexport.exporter.precisions import PRECISIONS as PRECISIONS_AXIS
 from efexport.exporter.recipe_sections import (
     PRECISIONS,
     ExportSection,
@@ -59,9 +60,9 @@ class RecipeBase(Section):
                              f"{self.precision}")
         if spec.check_recipe:
             spec.check_recipe(self)
-        if "carry-mixer-scale" in self.fold.passes and self.precision == "fp16":
-            raise ValueError("fold.passes: carry-mixer-scale scales activations up to 16x; keep it out of FP16 "
-                             "exports")
+        for name, why in PRECISIONS_AXIS[self.precision].refused_passes:
+            if name in self.fold.passes:
+                raise ValueError(f"fold.passes: keep {name} out of {self.precision} exports: {why}")
         return self
 
     @model_validator(mode="after")

@@ -24,8 +24,12 @@ def test_recipes_take_the_registered_precisions() -> None:
 
 
 def test_a_target_refuses_a_precision_it_does_not_list(fast_recipe: Recipe) -> None:
-    assert apply_overrides(fast_recipe, {"precision": "int8"}).precision == "int8"  # ONNX lists int8
+    passes = precisions.passes_for("int8", list(fast_recipe.fold.passes))
+    assert "carry-mixer-scale" in fast_recipe.fold.passes and "carry-mixer-scale" not in passes
+    assert apply_overrides(fast_recipe, {"precision": "int8", "fold.passes": passes}).precision == "int8"
     assert precisions.PRECISIONS["int8"].needs_calibration
+    with pytest.raises(RecipeError, match="keep carry-mixer-scale out of int8 exports: it stores residual-stream"):
+        apply_overrides(fast_recipe, {"precision": "int8"})  # a recipe that lists a pass its precision refuses
     with pytest.raises(RecipeError, match="precision: the onnx target exports fp32, int8, not fp16"):
         apply_overrides(fast_recipe, {"precision": "fp16"})
 

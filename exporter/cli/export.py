@@ -19,7 +19,7 @@ from efexport.exporter.cli.console import fail, json_out, run_guarded, stderr, t
 from efexport.exporter.cli.signature import switch, with_options
 from efexport.exporter.cli.tables import profile_table, summary_table, trace_table
 from efexport.exporter.errors import EfexportError, RecipeError, UsageError
-from efexport.exporter.precisions import PRECISIONS
+from efexport.exporter.precisions import PRECISIONS, passes_for
 from efexport.exporter.targets import TARGETS, TargetOption, TargetSpec
 
 
@@ -44,7 +44,11 @@ def load_target_recipe(target: str, recipe_path: Path | None, overrides: dict[st
     loaded, _ = load_recipe(path)
     if loaded.target != target:
         raise RecipeError(f"recipe {path} is for target {loaded.target!r}, not {target!r}")
-    return apply_overrides(loaded, overrides | {"fold.passes": passes_without(loaded, no_pass)}), path
+    passes = passes_without(loaded, no_pass)
+    if overrides.get("precision") and overrides["precision"] != loaded.precision:
+        # --precision: the recipe's passes, less those the new precision refuses (precisions.refused_passes)
+        passes = passes_for(overrides["precision"], passes if passes is not None else list(loaded.fold.passes))
+    return apply_overrides(loaded, overrides | {"fold.passes": passes}), path
 
 
 def _option_parameter(option: TargetOption) -> inspect.Parameter:
