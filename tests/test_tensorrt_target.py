@@ -158,7 +158,8 @@ def test_a_supported_graph_reports_its_restrictions() -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"precision": "int8"}, "exports fp32, fp16, bf16, not int8"),
+    ({"precision": "int8", "fold.passes": ["fuse-conv-bn", "fold-layer-scale", "blend-pool-mixer",
+                                           "carry-mixer-scale"]}, "keep carry-mixer-scale out of int8 exports"),
     ({"tensorrt.profile": [8, 1, 64]}, "min <= opt <= max"),
     ({"export.dynamic_batch": False}, "static-batch export"),
     ({"tensorrt.timing_cache": "../cache"}, "plain file name"),
