@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from efexport.exporter.errors import ExitCode
+from efexport.exporter.node_groups import module_group
 from efexport.exporter.recipes import default_recipe_path
 from efexport.exporter.targets.coreai.convert import read_metadata
-from efexport.exporter.targets.coreai.quantize import module_group
 from tests.helpers import run_cli
 from tests.test_calibration import photo_crops
 

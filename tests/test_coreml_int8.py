@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from efexport.exporter.errors import RecipeError
+from efexport.exporter.node_groups import module_group
 from efexport.exporter.recipes import apply_overrides, default_recipe_path, load_recipe, parse_recipe
-from efexport.exporter.targets.coreml.quantize import module_group, op_group
+from efexport.exporter.targets.coreml.quantize import op_group
 from efexport.validate.mil_interpreter import load_program
 from tests.helpers import run_cli
 from tests.test_calibration import photo_crops

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import pytest
 
+from efexport.exporter.node_groups import onnx_node_group as node_group
 from efexport.exporter.recipes import default_recipe_path
-from efexport.exporter.targets.onnx.quantize import node_group
 from tests.helpers import run_cli
 from tests.test_calibration import photo_crops
 

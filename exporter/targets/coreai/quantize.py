@@ -25,38 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from efexport.exporter.node_groups import captured_node_group
 from efexport.exporter.quiet import quieted
 from efexport.exporter.stages.capture import CapturedGraph
 
 # what coreai-opt's import logs (torchao: a CUDA kernel library; torch: an Enum registration): quieted here and by
 # the converter (convert.quiet_converters)
 CONVERTER_LOGGERS = ("torchao", "torch.utils._pytree")
-OTHER = "other"
 CALIBRATION_BATCH = 8  # inputs per calibration forward (global min/max: batching changes nothing)
-
-
-def module_group(path: str) -> str:
-    """``stages.2.blocks.3.mlp.fc1`` -> ``stages/2/blocks/3``; ``stages.1.downsample.conv`` ->
-    ``stages/1/downsample``; ``stem.conv1`` -> ``stem``; ``""`` -> ``other`` (the ONNX target's grouping)."""
-    parts = [part for part in path.split(".") if part]
-    if not parts:
-        return OTHER
-    head = parts[:4]
-    numeric = [i for i, part in enumerate(head) if part.isdigit()]
-    if not numeric:
-        return parts[0]
-    end = numeric[-1] + 1
-    if end < len(parts) and end < 4 and not (end + 1 < len(parts) and parts[end + 1].isdigit()):
-        end += 1  # a named layer of an indexed stage: stages/1/downsample
-    return "/".join(parts[:end])
-
-
-def _node_group(node: torch.fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return OTHER
-    path, _ = list(stack.values())[-1]
-    return module_group(path)
 
 
 def _fake_quantizer_class() -> type:
@@ -105,7 +81,7 @@ class CoreAIQuantizer:
         self.nodes: dict[str, list[str]] = {}
         for node in self.prepared.graph.nodes:
             if node.op == "call_function" and not _is_fake_quant(node, modules, fake):
-                self.nodes.setdefault(_node_group(node), []).append(node.name)
+                self.nodes.setdefault(captured_node_group(node), []).append(node.name)
         self.groups = tuple(self.nodes)
 
     def describe(self) -> dict:
@@ -126,7 +102,7 @@ class CoreAIQuantizer:
                 continue
             source = node.args[0]
             for user in list(node.users):
-                if _node_group(user) in float_groups:
+                if captured_node_group(user) in float_groups:
                     user.replace_input_with(node, source)
             if not node.users:
                 graph_module.graph.erase_node(node)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from efexport.exporter.node_groups import OTHER, captured_node_group
 from efexport.exporter.preprocessing import IMAGENET
 from efexport.validate.coreml_io import (
     INPUT_NAME,
@@ -39,38 +40,15 @@ from efexport.validate.coreml_io import (
 )
 from efexport.validate.mil_interpreter import load_program, run_program
 
-OTHER = "other"
 GROUPS_KEY = "efexport.coreml.node_groups"  # float package metadata: captured node name -> node group (int8 only)
 # ops whose inputs or outputs coremltools' activation passes quantize: their ranges are what calibration measures
 ACTIVATION_OPS = ("conv", "linear", "add", "avg_pool", "max_pool")
 COMPRESSIONS = ("none", "int8-weights", "palettize-6bit")
 
 
-def module_group(path: str) -> str:
-    """A module path to its node group, as ONNX's node names give them: ``stages.2.blocks.3.mlp.fc1`` ->
-    ``stages/2/blocks/3``; ``stages.1.downsample.conv`` -> ``stages/1/downsample``; ``stem.conv1`` -> ``stem``;
-    ``head`` -> ``head``; ``""`` -> ``other``."""
-    parts = [part for part in path.split(".") if part]
-    if not parts:
-        return OTHER
-    head = parts[:4]
-    numeric = [i for i, part in enumerate(head) if part.isdigit()]
-    if not numeric:
-        return parts[0]
-    end = numeric[-1] + 1
-    if end < len(parts) and end < 4 and not (end + 1 < len(parts) and parts[end + 1].isdigit()):
-        end += 1  # a named layer of an indexed stage: stages/1/downsample
-    return "/".join(parts[:end])
-
-
 def node_groups(program) -> dict[str, str]:
     """Captured graph (torch.export) node name -> node group, from each node's innermost module."""
-    groups = {}
-    for node in program.graph.nodes:
-        stack = node.meta.get("nn_module_stack") or {}
-        path = list(stack.values())[-1][0] if stack else ""
-        groups[node.name] = module_group(path)
-    return groups
+    return {node.name: captured_node_group(node) for node in program.graph.nodes}
 
 
 def op_group(op_name: str, groups: dict[str, str]) -> str:

@@ -7,8 +7,8 @@ reads them as explicit quantization. The activation ranges are measured once on 
 a calibration cache) and reused for every candidate the quantize stage tries, so keeping a group in float costs
 one graph rewrite, not a new calibration.
 
-Node groups come from the node names the exporter writes from the module path (``/stages/2/blocks/3/mlp/...``):
-a block, a downsampling layer, the stem, the norm, the head; ops outside any module are the group ``other``.
+Node groups come from the node names the exporter writes from the module path (``/stages/2/blocks/3/mlp/...``;
+``exporter.node_groups``): a block, a downsampling layer, the stem, the norm, the head, and ``other``.
 """
 
 from __future__ import annotations
@@ -20,26 +20,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from efexport.exporter.node_groups import onnx_node_group
 from efexport.exporter.quiet import quieted
 
-OTHER = "other"  # ops outside any module: the final reshape and pooling
 _QUANT_LOGGERS = ("root", "onnxruntime", "onnxruntime.quantization")
-
-
-def node_group(name: str) -> str:
-    """``/stages/2/blocks/3/mlp/fc1/Conv`` -> ``stages/2/blocks/3``; ``/stages/1/downsample/conv/Conv`` ->
-    ``stages/1/downsample``; ``/stem/conv1/Conv`` -> ``stem``; ``/Reshape`` -> ``other``."""
-    parts = [part for part in name.split("/") if part][:-1]  # the module path, without the op's own name
-    if not parts:
-        return OTHER
-    head = parts[:4]
-    numeric = [i for i, part in enumerate(head) if part.isdigit()]
-    if not numeric:
-        return parts[0]
-    end = numeric[-1] + 1
-    if end < len(parts) and end < 4 and not (end + 1 < len(parts) and parts[end + 1].isdigit()):
-        end += 1  # a named layer of an indexed stage: stages/1/downsample
-    return "/".join(parts[:end])
 
 
 class _Inputs:
@@ -72,7 +56,7 @@ class OnnxQuantizer:
         self.input_name = model.graph.input[0].name
         self.nodes: dict[str, list[str]] = {}
         for node in model.graph.node:
-            self.nodes.setdefault(node_group(node.name), []).append(node.name)
+            self.nodes.setdefault(onnx_node_group(node.name), []).append(node.name)
         self.groups = tuple(self.nodes)
         self.calibration = calibration
         self.method = method
