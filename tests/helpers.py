@@ -59,6 +59,20 @@ def upstream_state_dict(model: EfficientFormer) -> dict[str, torch.Tensor]:
     return {k: (idxs.clone() if k.endswith("attention_bias_idxs") else state[renamed[k]]) for k in upstream_keys}
 
 
+def edited_recipe(target: str, folder: Path, *edits: tuple[str, str]) -> Path:
+    """``folder/recipe.toml``: the target's shipped recipe with each (old, new) edit applied once; an edit whose old
+    text the recipe no longer holds fails the test, naming it."""
+    from efexport.exporter.recipes import default_recipe_path
+
+    text = default_recipe_path(target).read_text()
+    for old, new in edits:
+        assert old in text, f"{old!r} is not in the shipped {target} recipe any more"
+        text = text.replace(old, new, 1)
+    path = folder / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``efexport`` as a user would: a real subprocess of the installed console entry point."""
     exe = Path(sys.executable).with_name("efexport")

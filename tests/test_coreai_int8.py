@@ -13,9 +13,8 @@ import pytest
 
 from efexport.exporter.errors import ExitCode
 from efexport.exporter.node_groups import module_group
-from efexport.exporter.recipes import default_recipe_path
 from efexport.exporter.targets.coreai.convert import read_metadata
-from tests.helpers import run_cli
+from tests.helpers import edited_recipe, run_cli
 from tests.test_calibration import photo_crops
 
 pytestmark = pytest.mark.xdist_group("coreai-int8")
@@ -23,22 +22,12 @@ pytestmark = pytest.mark.xdist_group("coreai-int8")
 HEAD_WEIGHTS = 448 * 1000  # l1's classifier: what stays float32 when the recipe keeps "head" in float
 
 
-def int8_recipe(folder: Path, *edits: tuple[str, str]) -> Path:
-    """The shipped Core AI recipe with ``edits`` (old, new) applied."""
-    text = default_recipe_path("coreai").read_text()
-    for old, new in edits:
-        assert old in text, f"{old!r} is not in the shipped recipe any more"
-        text = text.replace(old, new, 1)
-    path = folder / "recipe.toml"
-    path.write_text(text)
-    return path
-
 
 @pytest.fixture(scope="module")
 def l1_int8(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
     work = tmp_path_factory.mktemp("coreai-int8")
     photos = photo_crops(work / "photos", per_photo=2)  # 18 crops of 9 photographs
-    recipe = int8_recipe(work, ("min_cosine = 0.995", "min_cosine = 0.8"),
+    recipe = edited_recipe("coreai", work, ("min_cosine = 0.995", "min_cosine = 0.8"),
                          ("min_top1_agreement = 0.9", "min_top1_agreement = 0.5"),
                          ("samples = 64 ", "samples = 10 "), ("held_out = 16 ", "held_out = 8 "),
                          ("sensitivity = true ", "sensitivity = false "),

@@ -16,21 +16,11 @@ from efexport.exporter.node_groups import module_group
 from efexport.exporter.recipes import apply_overrides, default_recipe_path, load_recipe, parse_recipe
 from efexport.exporter.targets.coreml.quantize import op_group
 from efexport.validate.mil_interpreter import load_program
-from tests.helpers import run_cli
+from tests.helpers import edited_recipe, run_cli
 from tests.test_calibration import photo_crops
 
 pytestmark = pytest.mark.xdist_group("coreml-int8")
 
-
-def coreml_recipe(folder: Path, *edits: tuple[str, str]) -> Path:
-    """The shipped Core ML recipe with ``edits`` (old, new) applied."""
-    text = default_recipe_path("coreml").read_text()
-    for old, new in edits:
-        assert old in text, f"{old!r} is not in the shipped recipe any more"
-        text = text.replace(old, new, 1)
-    path = folder / "recipe.toml"
-    path.write_text(text)
-    return path
 
 
 def _ops(package: Path) -> Counter:
@@ -49,7 +39,8 @@ def int8_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     random head are close together) that quantizing every group passes."""
     work = tmp_path_factory.mktemp("coreml-int8")
     photos = photo_crops(work / "photos", per_photo=3)
-    recipe = coreml_recipe(work, ('minimum_deployment_target = "iOS16"', 'minimum_deployment_target = "iOS17"'),
+    recipe = edited_recipe("coreml", work,
+                           ('minimum_deployment_target = "iOS16"', 'minimum_deployment_target = "iOS17"'),
                            ("min_cosine = 0.995", "min_cosine = 0.95"),
                            ("min_top1_agreement = 0.9", "min_top1_agreement = 0.5"),
                            ("samples = 64 ", "samples = 15 "), ("held_out = 16 ", "held_out = 12 "))
@@ -119,7 +110,7 @@ L1_WEIGHTS = 12.3e6  # parameters of the folded l1 (head included)
     ("palettize-6bit", "fp32", "constexpr_lut_to_dense", 6, True),
 ])
 def test_compressed_weights(compress: str, precision: str, op: str, bits: int, relaxed: bool, tmp_path: Path) -> None:
-    recipe = coreml_recipe(tmp_path, *([("min_cosine = 0.995", "min_cosine = 0.8"),
+    recipe = edited_recipe("coreml", tmp_path, *([("min_cosine = 0.995", "min_cosine = 0.8"),
                                         ("min_top1_agreement = 0.9", "min_top1_agreement = 0.25")] if relaxed else []))
     done = run_cli("coreml", "--variant", "l1", "--precision", precision, "--compress", compress, "--recipe", recipe,
                    "--out", tmp_path / "out", "--json")

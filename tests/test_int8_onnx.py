@@ -13,8 +13,7 @@ import onnx
 import pytest
 
 from efexport.exporter.node_groups import onnx_node_group as node_group
-from efexport.exporter.recipes import default_recipe_path
-from tests.helpers import run_cli
+from tests.helpers import edited_recipe, run_cli
 from tests.test_calibration import photo_crops
 
 pytestmark = pytest.mark.xdist_group("int8-onnx")
@@ -25,13 +24,7 @@ FAST = ("warmup_runs = 10", "warmup_runs = 1"), ("window_runs = 20 ", "window_ru
 
 def int8_recipe(folder: Path, *edits: tuple[str, str]) -> Path:
     """The shipped ONNX recipe with the latency run shortened and ``edits`` (old, new) applied."""
-    text = default_recipe_path("onnx").read_text()
-    for old, new in (*FAST, *edits):
-        assert old in text, f"{old!r} is not in the shipped recipe any more"
-        text = text.replace(old, new, 1)
-    path = folder / "recipe.toml"
-    path.write_text(text)
-    return path
+    return edited_recipe("onnx", folder, *FAST, *edits)
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from efexport.exporter.recipes import default_recipe_path
 from efexport.exporter.targets.tensorrt.prepare import check_ops
-from tests.helpers import run_cli
+from tests.helpers import edited_recipe, run_cli
 from tests.test_calibration import photo_crops
 
 pytestmark = pytest.mark.xdist_group("int8-tensorrt")
@@ -25,16 +24,14 @@ pytestmark = pytest.mark.xdist_group("int8-tensorrt")
 def int8_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     work = tmp_path_factory.mktemp("trt-int8")
     photos = photo_crops(work / "photos", per_photo=2)
-    text = default_recipe_path("tensorrt").read_text()
     # a gate that only asks for a positively correlated output: this test is about the package's form
-    for old, new in (("min_cosine = 0.995", "min_cosine = 0.01"), ("min_top1_agreement = 0.9\n", "")):
-        assert old in text
-        text = text.replace(old, new)
-    text += ('\n[quantization]\nsamples = 10\nheld_out = 6\nsensitivity = false\nselection_margin = 1.0\n'
-             'keep_float = ["stem", "head"]\n')
-    (work / "recipe.toml").write_text(text)
+    recipe = edited_recipe("tensorrt", work, ("min_cosine = 0.995", "min_cosine = 0.01"),
+                           ("min_top1_agreement = 0.9\n", ""))
+    with recipe.open("a") as table:
+        table.write('\n[quantization]\nsamples = 10\nheld_out = 6\nsensitivity = false\nselection_margin = 1.0\n'
+                    'keep_float = ["stem", "head"]\n')
     done = run_cli("tensorrt", "--variant", "l1", "--precision", "int8", "--calibration", photos,
-                   "--recipe", work / "recipe.toml", "--out", work / "out", "--json")
+                   "--recipe", recipe, "--out", work / "out", "--json")
     assert done.returncode == 8, done.stderr[-3000:]  # the portable half: no TensorRT here
     package = work / "out" / "efficientformer-l1" / "tensorrt-int8"
     return package, json.loads((package / "manifest.json").read_text())
