@@ -121,3 +121,28 @@ DeprecatedTargets = Annotated[
     typer.Option("--targets", hidden=True, show_default=False,
                  help="Deprecated: comma-separated targets; use --target (repeatable)."),
 ]
+
+# ---- signatures: who must have signed a package ---------------------------------------------------------------------
+TrustedKeys = Annotated[
+    list[Path] | None,
+    typer.Option("--trusted-key", show_default=False,
+                 help="A public key (PEM) trusted to sign packages (repeatable): a valid signature from one of them "
+                      "is required."),
+]
+Identity = Annotated[
+    str | None,
+    typer.Option("--identity", show_default=False,
+                 help="Keyless (Sigstore) signatures: the signer identity required (e.g. the workflow's URL or an "
+                      "e-mail address); with --issuer."),
+]
+Issuer = Annotated[
+    str | None,
+    typer.Option("--issuer", show_default=False,
+                 help="Keyless (Sigstore) signatures: the OIDC issuer required (e.g. "
+                      "https://token.actions.githubusercontent.com); with --identity."),
+]
+RequireSignature = Annotated[
+    bool,
+    typer.Option("--require-signature", help="Refuse a package that carries no signature (a present one is always "
+                                             "checked)."),
+]
