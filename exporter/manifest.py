@@ -6,6 +6,7 @@ import hashlib
 import json
 import platform
 import subprocess
+from dataclasses import dataclass
 from functools import cache
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -57,11 +58,15 @@ def file_table(directory: Path) -> dict[str, dict]:
             for p in files}
 
 
+def entry_value(value: object) -> str:
+    """One fact as a metadata entry's value: a string as it is, anything else as JSON with sorted keys."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
 def metadata_entries(manifest: dict) -> dict[str, str]:
     """The manifest's facts as flat string pairs for a model file's own metadata (file hashes excluded:
     they would have to include the file that carries them)."""
-    return {f"efexport.{key}": value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-            for key, value in manifest.items() if key != "files"}
+    return {f"efexport.{key}": entry_value(value) for key, value in manifest.items() if key != "files"}
 
 
 # Measured timings differ on every run: kept out of the model file, so the same inputs give the same model bytes.
@@ -71,6 +76,29 @@ VOLATILE_ENTRIES = ("efexport.latency", "efexport.latency_note")
 def model_file_entries(entries: dict[str, str]) -> dict[str, str]:
     """The metadata entries that go inside a model file: all but the volatile ones (the manifest has those)."""
     return {key: value for key, value in entries.items() if key not in VOLATILE_ENTRIES}
+
+
+@dataclass(frozen=True)
+class EmbeddedEntries:
+    """efexport's facts as one place in a package carries them, read back (each target's ``embedded``): what the
+    target's ``embed_metadata`` wrote there, as string pairs. A key is ``efexport.<fact>`` (a top-level fact of
+    the manifest, its value ``entry_value``) or ``efexport.<fact>.<key>...`` (a part of one, e.g. TensorRT's
+    ``engine.json`` holds ``efexport.target.engine``); other keys (class labels, a converter's own) are ignored."""
+
+    where: str  # for people: "model.onnx (metadata_props)"
+    entries: dict[str, str]
+    complete: bool = True  # holds every fact ``model_file_entries`` puts in a model file (else: checked on what
+    #                        it holds)
+
+
+def unique_entries(pairs: list[tuple[str, str]], where: str) -> dict[str, str]:
+    """String pairs as a dict; ValueError when a key is given twice (readers of the file could take either)."""
+    entries: dict[str, str] = {}
+    for key, value in pairs:
+        if key in entries:
+            raise ValueError(f"{where}: the key {key!r} is given twice")
+        entries[key] = value
+    return entries
 
 
 def model_description(entries: dict[str, str]) -> str:

@@ -110,6 +110,22 @@ class PackageIdentity(_Closed):
         return self
 
 
+def not_deployable_reasons(random_init: bool, synthetic_calibration: bool, target_facts: dict) -> list[str]:
+    """Why a package whose weights, calibration and target facts are these may not be deployed (none: it may).
+    ``stages.package.package_identity`` derives package.deployable from it, and verify derives it again from the
+    facts the package's model carries (``exporter.embedded_facts``)."""
+    reasons = []
+    if random_init:
+        reasons.append("random-init weights: the model computes nothing meaningful")
+    if synthetic_calibration:
+        reasons.append("calibrated on synthetic inputs (no --calibration data): its activation ranges are not "
+                       "those of real images")
+    spec = TARGETS[target_facts["format"]]
+    if spec.not_deployable:
+        reasons += spec.not_deployable(target_facts)
+    return reasons
+
+
 class PublishedLatency(_Closed):
     """The paper's latency figure and where it was measured."""
 
@@ -663,5 +679,5 @@ __all__ = [
     "TARGET_FACTS", "CaptureFacts", "CheckpointWeights", "FileEntry", "FoldReport", "LatencyEntry", "Manifest",
     "ManifestFacts", "ModelFacts", "PackageIdentity", "ParityGate", "ParityReport", "PreprocessingFacts",
     "PublishedFigures", "RandomInitWeights", "RecipeFacts", "ReferenceExecution", "TargetFacts", "TensorSpec",
-    "ToolVersions", "dump_manifest", "non_finite_paths", "target_block", "weights_block",
+    "ToolVersions", "dump_manifest", "non_finite_paths", "not_deployable_reasons", "target_block", "weights_block",
 ]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import mmap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from efexport.exporter.protowire import fields
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.targets.base import Runner
 from efexport.validate.coreai_runtime import METADATA_FILE
@@ -72,45 +72,6 @@ _INERT_KEY_PREFIXES = (b"efexport.", b"onnxsim.")  # efexport's facts (metadata_
 _EXTERNAL_DATA_KEY = b"\x0a\x08location"
 
 
-def _varint(data: mmap.mmap, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while shift < 64:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-    raise ValueError("varint longer than 64 bits")
-
-
-def _fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, start, payload start, end) of each field of the protobuf message in ``data[start:end]``,
-    without decoding the payloads; ValueError on anything that is not well-formed."""
-    pos = start
-    while pos < end:
-        first = pos
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        payload = pos
-        if wire == 0:
-            _, pos = _varint(data, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 2:
-            length, payload = _varint(data, pos)
-            pos = payload + length
-        elif wire == 5:
-            pos += 4
-        else:  # groups (3, 4) are not in ONNX; 6 and 7 are not wire types
-            raise ValueError(f"wire type {wire}")
-        if number == 0 or pos > end:
-            raise ValueError("malformed field")
-        yield number, first, payload, pos
-
-
 def model_digest(path: Path) -> str | None:
     """sha256 of what a runtime computes from a model file: an ONNX file's ModelProto without its metadata_props,
     or a Core AI asset without its metadata (``_asset_digest``).
@@ -130,11 +91,11 @@ def model_digest(path: Path) -> str | None:
             if data.find(_EXTERNAL_DATA_KEY) != -1:
                 return None
             with memoryview(data) as view:
-                for number, start, payload, end in _fields(data, 0, len(data)):
+                for number, start, payload, end in fields(data, 0, len(data)):
                     if number != _METADATA_PROPS:
                         digest.update(view[start:end])
                         continue
-                    keys = [data[p:e] for n, _, p, e in _fields(data, payload, end) if n == 1]
+                    keys = [data[p:e] for n, _, p, e in fields(data, payload, end) if n == 1]
                     if len(keys) != 1 or not keys[0].startswith(_INERT_KEY_PREFIXES):
                         return None
     except (OSError, ValueError):  # ValueError: malformed, or an empty file (mmap cannot map 0 bytes)

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from efexport.exporter.bundle import checksum_problems, is_bundle, opened_bundle
+from efexport.exporter.embedded_facts import embedded_fact_problems
 from efexport.exporter.errors import VerifyError
 from efexport.exporter.manifest import MANIFEST_FILE, REFERENCE_FILE, file_table, read_manifest
 from efexport.exporter.manifest_model import Manifest
@@ -165,6 +166,7 @@ def verify_artifact(directory: Path, threads: int = 2, latency: bool = False,
     fields: dict = {"parity": None}
     model_problem = _model_file_problem(manifest.target.model_file, recorded) if manifest else None
     problems += [model_problem] if model_problem else []
+    problems += embedded_fact_problems(directory, manifest) if manifest is not None and not model_problem else []
     if REFERENCE_FILE not in recorded and not (directory / REFERENCE_FILE).is_file():  # listed: reported as missing
         problems.append(f"missing {REFERENCE_FILE}: parity cannot be checked")
     if manifest is None:  # its target, tolerances and recipe are what parity needs: none of them can be trusted

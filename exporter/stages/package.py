@@ -31,6 +31,7 @@ from efexport.exporter.manifest_model import (
     TensorSpec,
     ToolVersions,
     dump_manifest,
+    not_deployable_reasons,
     target_block,
     weights_block,
 )
@@ -40,7 +41,6 @@ from efexport.exporter.recipes import Recipe
 from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.stages.fold import FoldedModel
 from efexport.exporter.stages.load import LoadedModel
-from efexport.exporter.targets import TARGETS
 from efexport.exporter.targets.base import ExportedModel, Target
 from efexport.validate.latency import LatencyReport
 from efexport.validate.parity import ParityReport
@@ -52,15 +52,7 @@ if TYPE_CHECKING:
 def package_identity(model_name: str, target_facts: dict, random_init: bool,
                      synthetic_calibration: bool = False) -> dict:
     """The package's name and whether it may be deployed; the reasons say why not."""
-    reasons = []
-    if random_init:
-        reasons.append("random-init weights: the model computes nothing meaningful")
-    if synthetic_calibration:
-        reasons.append("calibrated on synthetic inputs (no --calibration data): its activation ranges are not "
-                       "those of real images")
-    spec = TARGETS[target_facts["format"]]
-    if spec.not_deployable:
-        reasons += spec.not_deployable(target_facts)
+    reasons = not_deployable_reasons(random_init, synthetic_calibration, target_facts)
     name = f"{model_name}-{target_facts['format']}-{target_facts['precision']}"
     return {"name": name, "deployable": not reasons, "not_deployable_because": reasons}
 

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from efexport.exporter.errors import UsageError
@@ -83,6 +84,9 @@ class TargetSpec:
     default_recipe: str  # file name under recipes/
     implementation: str  # "module:Class" of its Target implementation
     facts: str  # "module:Class" of its facts in manifest.json (``target``), a manifest_blocks.TargetFacts model
+    # "module:function" reading back the facts its package's model carries (``Target.embed_metadata`` wrote them):
+    # (package directory, target.model_file) -> [manifest.EmbeddedEntries]; light, runs nothing of the package
+    embedded: str
     options: tuple[TargetOption, ...] = ()  # its export command's own options
     recipe_section: type[BaseModel] | None = None  # its [name] table in a recipe, if it has one
     check_recipe: Callable[[Any], None] | None = None  # rules across sections; raise ValueError with the message
@@ -112,6 +116,13 @@ class TargetSpec:
         """The pydantic model of the facts this target writes into the manifest (light: pydantic only)."""
         module, _, attribute = self.facts.partition(":")
         return getattr(importlib.import_module(module), attribute)
+
+    def embedded_entries(self, package: Path, model_file: str) -> list[Any]:
+        """efexport's facts as the package's model carries them (``embedded``): a list of
+        ``manifest.EmbeddedEntries``, one per place that holds them; OSError or ValueError when they cannot be
+        read (a damaged model file)."""
+        module, _, attribute = self.embedded.partition(":")
+        return getattr(importlib.import_module(module), attribute)(package, model_file)
 
     def missing_requirements(self) -> list[str]:
         """The modules of its extra that are not installed here."""

@@ -51,6 +51,7 @@ SPEC = TargetSpec(
     default_recipe="coreai.toml",
     implementation="efexport.exporter.targets.coreai.convert:CoreAITarget",
     facts="efexport.exporter.targets.coreai.facts:CoreAITarget",
+    embedded="efexport.exporter.targets.coreai.embedded:embedded",
     options=(
         TargetOption("--input", "coreai.input", "tensor: the ImageNet-normalised tensor the ONNX artifact takes "
                      "(the only input Core AI's runtime can be checked with here).", choices=("tensor",)),

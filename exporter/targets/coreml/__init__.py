@@ -61,6 +61,7 @@ SPEC = TargetSpec(
     default_recipe="coreml.toml",
     implementation="efexport.exporter.targets.coreml.convert:CoreMLTarget",
     facts="efexport.exporter.targets.coreml.facts:CoreMLTarget",
+    embedded="efexport.exporter.targets.coreml.embedded:embedded",
     options=(
         TargetOption("--deployment-target", "coreml.minimum_deployment_target",
                      "Minimum iOS version (recipe default iOS16).", choices=("iOS15", "iOS16", "iOS17", "iOS18")),

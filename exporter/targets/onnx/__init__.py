@@ -33,6 +33,7 @@ SPEC = TargetSpec(
     default_recipe="onnx.toml",
     implementation="efexport.exporter.targets.onnx.export:OnnxTarget",
     facts="efexport.exporter.targets.onnx.facts:OnnxTarget",
+    embedded="efexport.exporter.targets.onnx.embedded:embedded",
     options=(OPSET, DYNAMIC_BATCH, SIMPLIFIER, IMAGE_SIZE),
     check_recipe=check_recipe,
 )

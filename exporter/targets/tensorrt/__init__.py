@@ -105,6 +105,7 @@ SPEC = TargetSpec(
     default_recipe="tensorrt-a100.toml",
     implementation="efexport.exporter.targets.tensorrt.prepare:TensorRTTarget",
     facts="efexport.exporter.targets.tensorrt.facts:TensorRTTarget",
+    embedded="efexport.exporter.targets.tensorrt.embedded:embedded",
     options=(
         OPSET,
         TargetOption("--batch-profile", "tensorrt.profile", "Batch sizes min,opt,max of the optimization profile "

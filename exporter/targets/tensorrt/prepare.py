@@ -25,6 +25,7 @@ from efexport.exporter.stages.capture import CapturedGraph
 from efexport.exporter.targets.base import ExportedModel
 from efexport.exporter.targets.onnx.export import MODEL_FILE, OnnxRunner, export_onnx, op_counts, set_metadata
 from efexport.exporter.targets.onnx.quantize import OnnxQuantizer
+from efexport.exporter.targets.tensorrt.embedded import SIDECAR_FILE, SIDECAR_SCHEMA
 from efexport.exporter.targets.tensorrt.options import (
     PLAN_FILE,
     BuildOptions,
@@ -34,7 +35,6 @@ from efexport.exporter.targets.tensorrt.options import (
     trtexec_command,
 )
 
-SIDECAR_FILE = "engine.json"
 SCRIPT_FILE = "build_engine.sh"
 RECIPE_COPY = "build_recipe.toml"
 
@@ -197,7 +197,7 @@ class TensorRTTarget:
         set_metadata(path, model_file_entries(entries))
         target = json.loads(entries["efexport.target"])
         sidecar = {
-            "schema": "efexport.tensorrt-engine/1",
+            "schema": SIDECAR_SCHEMA,
             "engine": target["engine"],
             "build_options": target["build_options"],
             "trtexec": target["trtexec"],
