@@ -14,14 +14,10 @@ the saved program with ``validate.mil_interpreter``; on macOS ``validate.coreml_
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-import tempfile
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -206,29 +202,6 @@ def compressed_gate(op_counts: dict[str, int]) -> str | None:
     return "int8" if compressed and not op_counts.get("quantize") else None
 
 
-def pack_package(path: Path) -> None:
-    """Replace the package directory at ``path`` by one uncompressed zip file of it, at the same path.
-
-    A workaround: the pipeline's quantize stage copies the float model with ``shutil.copyfile`` (a file, as ONNX's
-    is) before the quantizer sees it. The float int8 package is packed between export and quantize only: the
-    quantizer and the runners unpack it (``unpacked``), and the chosen candidate, a directory, replaces it."""
-    archive = Path(shutil.make_archive(str(path.with_suffix(".packing")), "zip", root_dir=path))
-    shutil.rmtree(path)
-    archive.rename(path)
-
-
-@contextlib.contextmanager
-def unpacked(path: Path) -> Iterator[Path]:
-    """The package at ``path``: itself when a directory, else (``pack_package``) unpacked into a temporary one."""
-    if Path(path).is_dir():
-        yield Path(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="efexport-mlpackage-") as work:
-        package = Path(work) / MODEL_FILE
-        shutil.unpack_archive(str(path), str(package), format="zip")
-        yield package
-
-
 class MilInterpreterRunner:
     """Runs the saved ML Program with efexport's reference interpreter (validate.mil_interpreter), one input at a
     time, and keeps the largest |activation| of every op over all calls (FP16 headroom)."""
@@ -239,9 +212,9 @@ class MilInterpreterRunner:
 
     def __init__(self, path: Path, threads: int) -> None:
         ct = import_coremltools()
-        with quiet_coremltools(), unpacked(path) as package:
-            self.program = load_program(package)
-            spec = ct.utils.load_spec(str(package))
+        with quiet_coremltools():
+            self.program = load_program(path)
+            spec = ct.utils.load_spec(str(path))
         self.image_input = spec.description.input[0].type.WhichOneof("Type") == "imageType"
         self.threads = threads
         # compressed weights and float activations (coreml.compress): gated by the int8 table (None: the recipe's own
@@ -320,8 +293,6 @@ class CoreMLTarget:
         with quiet_coremltools():
             mlmodel.save(str(path))
         stable_package_identifiers(path)
-        if recipe.precision == "int8":
-            pack_package(path)  # the quantize stage copies it as one file; the chosen candidate replaces it
         image_size = captured.example.shape[-1]
         interface = {
             "inputs": [{"name": INPUT_NAME, "type": "image RGB, pixels 0-255", "shape": [1, 3, image_size, image_size],
@@ -349,10 +320,7 @@ class CoreMLTarget:
         if method == "entropy":
             raise RecipeError("quantization.method: the Core ML target calibrates with minmax or percentile ranges "
                               "(coremltools' activation passes take a min and a max per tensor), not entropy")
-        package = workdir / "float-unpacked.mlpackage"
-        with unpacked(float_model) as found:
-            shutil.copytree(found, package)
-        return CoreMLQuantizer(package, calibration, workdir, method, recipe.coreml.compute_units,
+        return CoreMLQuantizer(float_model, calibration, workdir, method, recipe.coreml.compute_units,
                                recipe.quantization.per_channel, recipe.coreml.minimum_deployment_target)
 
     def finish_quantized(self, exported: ExportedModel, recipe: Recipe) -> ExportedModel:
