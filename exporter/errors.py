@@ -20,7 +20,8 @@ class ExitCode(IntEnum):
     NO_ENGINE = 8  # TensorRT: the portable half was written, but no engine could be built here
     ENGINE_REQUIRED = 9  # TensorRT with --require-engine: no engine could be built here; nothing was written
     PUBLISH_REFUSED = 10  # publish: the package may not be published (gates, random weights, version taken)
-    PUBLISH_FAILED = 11  # publish: the destination failed (unreachable, denied, upload did not verify)
+    PUBLISH_FAILED = 11  # publish or pull: the registry failed (unreachable, denied, upload did not verify)
+    NOT_IN_REGISTRY = 12  # pull: the registry, model, version or target asked for is not there
     INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2, as a shell reports it
     TERMINATED = 143  # SIGTERM (a CI timeout, kill): 128 + 15
 
@@ -70,3 +71,7 @@ class PublishRefused(EfexportError):
 
 class PublishError(EfexportError):
     exit_code = ExitCode.PUBLISH_FAILED
+
+
+class NotInRegistry(EfexportError):
+    exit_code = ExitCode.NOT_IN_REGISTRY

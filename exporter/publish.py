@@ -55,7 +55,7 @@ from typing import Any, BinaryIO, Protocol
 from filelock import FileLock
 
 from efexport.exporter.bundle import CHECKSUM_SUFFIX, bundle_name, check_members, is_bundle, write_bundle
-from efexport.exporter.errors import OutputError, PublishError, PublishRefused, UsageError, VerifyError
+from efexport.exporter.errors import NotInRegistry, OutputError, PublishError, PublishRefused, UsageError, VerifyError
 from efexport.exporter.manifest import MANIFEST_FILE, read_manifest, sha256_of
 from efexport.exporter.manifest_model import CheckpointWeights, LatencyEntry, Manifest, RandomInitWeights
 from efexport.exporter.manifest_schema import typed_manifest
@@ -95,6 +95,8 @@ class Store(Protocol):
     def read(self, key: str) -> bytes | None: ...
 
     def sha256(self, key: str) -> str | None: ...
+
+    def get_file(self, key: str, path: Path) -> bool: ...
 
     def put_file(self, key: str, path: Path, sha256: str | None = None) -> None: ...
 
@@ -142,6 +144,16 @@ class LocalStore:
             if not path.is_file():
                 return None
             return sha256_of(path)
+
+    def get_file(self, key: str, path: Path) -> bool:
+        """Copy the object ``key`` to ``path``; False when there is none."""
+        with self._errors("read", key):
+            try:
+                with self._path(key).open("rb") as src, Path(path).open("wb") as dst:
+                    shutil.copyfileobj(src, dst, _CHUNK)
+            except (FileNotFoundError, IsADirectoryError):
+                return False
+            return True
 
     def _write(self, key: str, content: FileContent) -> None:
         with self._errors("write", key):
@@ -294,6 +306,16 @@ class S3Store:
                 digest.update(block)
             return digest.hexdigest()
 
+    def get_file(self, key: str, path: Path) -> bool:
+        """Download the object ``key`` to ``path`` (streamed); False when there is none."""
+        response = self._get(key, "downloading")
+        if response is None:
+            return False
+        with self._errors("downloading", key), Path(path).open("wb") as dst:
+            for block in response["Body"].iter_chunks(_CHUNK):
+                dst.write(block)
+        return True
+
     def _put(self, key: str, body: Any, digest: str, **conditions: str) -> dict:
         return self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=body, ChecksumAlgorithm="SHA256",
                                       Metadata={"sha256": digest}, **conditions)
@@ -359,21 +381,29 @@ def _env_seconds(name: str) -> float:
         raise UsageError(f"${name}={value!r}: not a number of seconds") from None
 
 
-def open_store(dest: str, endpoint_url: str | None = None) -> Store:
-    """``s3://bucket[/prefix]`` -> S3Store; a local directory (existing or creatable) -> LocalStore."""
+def open_store(dest: str, endpoint_url: str | None = None, *, create: bool = True, option: str = "--to") -> Store:
+    """``s3://bucket[/prefix]`` -> S3Store; a local directory (existing or creatable) -> LocalStore. With
+    ``create=False`` (reading: pull) a local registry must exist: NotInRegistry otherwise. ``option``: how the
+    user named the registry, for messages."""
     url = _URL.match(dest)
     if url:
         scheme, rest = url[1].lower(), url[2]
         if scheme != "s3":
-            raise UsageError(f"--to {dest}: {scheme}:// destinations are not supported; give a local directory "
+            kind = "destinations" if option == "--to" else "registries"
+            raise UsageError(f"{option} {dest}: {scheme}:// {kind} are not supported; give a local directory "
                              "or s3://BUCKET/PREFIX (with --endpoint-url for S3-compatible stores)")
         bucket, _, prefix = rest.partition("/")
         if not bucket:
-            raise UsageError(f"--to {dest}: no bucket name (s3://BUCKET/PREFIX)")
+            raise UsageError(f"{option} {dest}: no bucket name (s3://BUCKET/PREFIX)")
         return S3Store(bucket, prefix, endpoint_url)
     if endpoint_url:
         raise UsageError(f"--endpoint-url applies to s3:// destinations, not the directory {dest}")
-    return LocalStore(_local_root(Path(dest).expanduser()))
+    root = Path(dest).expanduser()
+    if not create:
+        if not root.is_dir():
+            raise NotInRegistry(f"{option} {dest}: no such registry directory")
+        return LocalStore(root)
+    return LocalStore(_local_root(root))
 
 
 def _local_root(root: Path) -> Path:
@@ -621,9 +651,12 @@ def _load_index(data: bytes | None, location: str) -> dict:
     return index
 
 
-def read_index(store: Store) -> dict:
-    """The registry's index (an empty one when there is none yet)."""
-    return _load_index(store.read_index()[0], store.location)
+def read_index(store: Store, missing_ok: bool = True) -> dict:
+    """The registry's index (an empty one when there is none yet; NotInRegistry then unless ``missing_ok``)."""
+    data = store.read_index()[0]
+    if data is None and not missing_ok:
+        raise NotInRegistry(f"{store.location}: no {INDEX_KEY}: not an efexport registry, or nothing published yet")
+    return _load_index(data, store.location)
 
 
 def _entry_of(index: dict, model: str, version: str, target: str) -> dict | None:
@@ -663,6 +696,11 @@ def _version_order(a: tuple[str, dict], b: tuple[str, dict]) -> int:
     except InvalidVersion:
         first, second = a[1].get("published_at") or "", b[1].get("published_at") or ""
         return (first > second) - (first < second)
+
+
+def version_order(versions: dict[str, dict]) -> list[str]:
+    """The versions of ``versions`` ({version: entry}) oldest first, in the order publish compares them."""
+    return [v for v, _ in sorted(versions.items(), key=functools.cmp_to_key(_version_order))]
 
 
 def latency_comparison(index: dict, model: str, version: str, target: str, entry: dict) -> list[dict]:
@@ -819,4 +857,5 @@ def publish(source: Path, store: Store, version: str | None = None, *, allow_ran
 
 
 __all__ = ["INDEX_KEY", "INDEX_SCHEMA", "LocalStore", "PublishResult", "S3Store", "Store", "gate_problems",
-           "index_entry", "latency_comparison", "open_store", "package_manifest", "publish", "read_index"]
+           "index_entry", "latency_comparison", "open_store", "package_manifest", "publish", "read_index",
+           "version_order"]

@@ -10,16 +10,10 @@ import itertools
 import json
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 
 from efexport.exporter.bundle import Bundle, write_bundle
@@ -41,69 +35,29 @@ from efexport.exporter.publish import (
 from efexport.exporter.verify import verify_package
 from tests.helpers import run_cli
 from tests.packages import exported_again, exported_package
+from tests.s3server import BUCKET, aws_test_env, moto_server
+from tests.s3server import free_port as _free_port
 
 pytestmark = pytest.mark.xdist_group("l1-packages")  # one worker exports the shared packages once
 
-BUCKET = "efexport-registry"
 MODEL, TARGET, NAME = "efficientformer-l1", "onnx-fp32", "efficientformer-l1-onnx-fp32"
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-          "AWS_CONFIG_FILE": "/nonexistent/aws-config", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials"}
 _prefixes = itertools.count()
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_until_answering(endpoint: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto.server exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # an HTTP answer, even an error, means it is serving
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"moto.server did not answer on {endpoint} within {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def aws_env() -> Iterator[None]:
     """Credentials for the loopback server, in this process and the CLI subprocesses; nothing from the user's."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
-                     "AWS_MAX_ATTEMPTS", "EFEXPORT_S3_CONNECT_TIMEOUT"):
-            mp.delenv(name, raising=False)
-        for name, value in S3_ENV.items():
-            mp.setenv(name, value)
+    with aws_test_env():
         yield
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint(aws_env: None) -> Iterator[str]:
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_answering(endpoint, process)
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    with moto_server(BUCKET) as endpoint:
         yield endpoint
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

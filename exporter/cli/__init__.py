@@ -3,8 +3,9 @@ per registered target, generated from its TargetSpec (``export``).
 
 Console output (progress, warnings, errors) goes to stderr; ``--json`` prints one JSON document on stdout.
 Exit codes: see ``efexport.exporter.errors.ExitCode`` (0 ok, 2 usage, 3 bad input, 4 output, 5 parity, 6 verify,
-7 stage failed, 8 TensorRT without an engine, 9 engine required but impossible, 10 publish refused, 11 publish
-failed, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 1 internal error).
+7 stage failed, 8 TensorRT without an engine, 9 engine required but impossible, 10 publish refused, 11 registry
+failed (publish, pull), 12 not in the registry (pull), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 1
+internal error).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from efexport.exporter.cli.fold import fold_command
 from efexport.exporter.cli.info import targets_command, variants_command
 from efexport.exporter.cli.options import EXIT_CODES_HELP
 from efexport.exporter.cli.publish import publish_command
+from efexport.exporter.cli.pull import pull_command
 from efexport.exporter.cli.verify import verify_command
 from efexport.exporter.targets import TARGETS
 
@@ -47,6 +49,7 @@ app.command("evaluate")(evaluate_command)
 app.command("variants")(variants_command)
 app.command("targets")(targets_command)
 app.command("publish")(publish_command)
+app.command("pull")(pull_command)
 
 
 def _keep_torch_caches_out_of_tmp() -> None:

@@ -16,8 +16,9 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 2 usage, 3 bad input (checkpoint, recipe, option values), 4 output exists or is not "
     "writable, 5 parity gate failed, 6 verification failed, 7 a wrapped tool failed in a stage, 8 TensorRT: "
     "portable half written but no engine built here, 9 TensorRT --require-engine: no engine possible here, "
-    "10 publish refused (does not verify, gates, random weights, version taken), 11 publish destination failed "
-    "(unreachable, denied, upload did not verify), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 1 internal "
+    "10 publish refused (does not verify, gates, random weights, version taken), 11 registry failed (publish or "
+    "pull: unreachable, denied, upload did not verify), 12 pull: not in the registry (model, version or target), "
+    "130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 1 internal "
     "error."
 )
 

@@ -1,0 +1,276 @@
+"""Pulling a published package out of a registry (a directory or ``s3://bucket/prefix``, as publish writes it).
+
+In order, and nothing is written to the destination before the last step:
+
+1. the index names the package: ``--version latest`` is the highest version holding the target, in the order
+   publish compares versions (``publish.version_order``); a model, version or target that is not there is
+   refused naming what is (NotInRegistry, exit 12);
+2. the bundle is downloaded into a private temporary folder and its sha256 compared with the index entry's and
+   with the ``.sha256`` object beside it (VerifyError, exit 6, on any difference);
+3. the bundle is opened safely (``bundle.opened_bundle``: members checked before extraction) and its signature
+   checked (``exporter.signing``): with trust options (trusted keys, or a keyless identity and issuer) a valid
+   signature from a trusted signer is required; without them a present signature is still verified for
+   integrity and its signer reported; ``require_signature`` refuses an unsigned package;
+4. the package's own verification runs (``verify.verify_artifact``: schema, every file's sha256, parity on the
+   runtimes present here);
+5. only then is the package copied into a staging folder beside ``OUT/<package name>`` (same file system), its
+   files' sha256 checked once more against the manifest, and the folder renamed into place
+   (``output.staged_output``: an existing package is refused unless ``force``, which replaces it atomically).
+
+Any refusal leaves nothing in the destination: no package folder, no staging folder, no temporary file, and an
+output folder created for the pull is removed again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+from efexport.exporter.bundle import BUNDLE_SUFFIX, opened_bundle
+from efexport.exporter.errors import NotInRegistry, OutputError, PublishError, VerifyError
+from efexport.exporter.manifest import MANIFEST_FILE, file_table, sha256_of
+from efexport.exporter.output import staged_output
+from efexport.exporter.publish import SEGMENT, Store, read_index, version_order
+from efexport.exporter.verify import VerifyReport, verify_artifact
+
+LATEST = "latest"
+PROVENANCE_FILE = "provenance.intoto.json"  # an in-toto statement, in the package or as registry evidence
+_SHOWN = 3  # problems named in a refusal before "and N more"
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Who must have signed: trusted public keys (PEM files), or a keyless (Sigstore) identity and its issuer;
+    ``require_signature`` refuses unsigned packages. Empty: a present signature is checked for integrity only."""
+
+    trusted_keys: tuple[Path, ...] = ()
+    identity: str | None = None
+    issuer: str | None = None
+    require_signature: bool = False
+
+    @property
+    def anchored(self) -> bool:
+        return bool(self.trusted_keys or self.identity or self.issuer)
+
+
+@dataclass(frozen=True)
+class PullResult:
+    status: str  # pulled | replaced
+    registry: str
+    model: str
+    version: str
+    requested_version: str  # as asked: a version or "latest"
+    target: str
+    path: str  # OUT/<package name>
+    sha256: str
+    bundle: str  # the bundle's key in the registry
+    published_at: str | None
+    signature: dict  # {"signed": False} or {"signed": True, "verified": True, "trusted": bool, signer facts...}
+    provenance: list[dict] = field(default_factory=list)  # each statement found: in the package, in the registry
+    verify: dict = field(default_factory=dict)  # files checked, parity, runtimes checked and not checked here
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------- the index
+
+
+def resolve(index: dict, location: str, model: str, version: str, target: str) -> tuple[str, dict]:
+    """(version, index entry) of ``model``/``version``/``target``; NotInRegistry naming what exists otherwise."""
+    packages = index["packages"]
+    if model not in packages:
+        held = ", ".join(sorted(packages)) or "nothing yet"
+        raise NotInRegistry(f"{location}: no model {model!r}; the registry holds: {held}")
+    versions = packages[model]
+    if version == LATEST:
+        holding = [v for v in version_order(versions) if target in versions[v]]
+        if not holding:
+            targets = sorted({t for entries in versions.values() for t in entries})
+            raise NotInRegistry(f"{location}: no version of {model} has target {target!r}; its targets: "
+                                f"{', '.join(targets) or 'none'}")
+        version = holding[-1]
+    elif version not in versions:
+        raise NotInRegistry(f"{location}: {model} has no version {version!r}; available: "
+                            f"{', '.join(version_order(versions)) or 'none'}")
+    entries = versions[version]
+    if target not in entries:
+        raise NotInRegistry(f"{location}: {model} {version} has no target {target!r}; available: "
+                            f"{', '.join(sorted(entries)) or 'none'}")
+    return version, entries[target]
+
+
+def _package_name(entry: dict, where: str) -> str:
+    name = PurePosixPath(str(entry.get("bundle", ""))).name.removesuffix(BUNDLE_SUFFIX)
+    if not SEGMENT.fullmatch(name) or not str(entry.get("bundle", "")).endswith(BUNDLE_SUFFIX):
+        raise PublishError(f"{where}: the index entry names no usable bundle ({entry.get('bundle')!r})")
+    if not isinstance(entry.get("sha256"), str) or len(entry["sha256"]) != 64:
+        raise PublishError(f"{where}: the index entry records no sha256 for its bundle")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------------- download
+
+
+def _download(store: Store, entry: dict, into: Path, where: str) -> Path:
+    """The bundle, downloaded into ``into`` and checked against the index's sha256 and the .sha256 object."""
+    key = entry["bundle"]
+    local = into / PurePosixPath(key).name
+    if not store.get_file(key, local):
+        raise PublishError(f"{store.location}/{key}: listed in the index for {where} but missing from the registry")
+    digest = sha256_of(local)
+    if digest != entry["sha256"]:
+        raise VerifyError(f"{store.location}/{key}: sha256 {digest[:16]} differs from the index's "
+                          f"{entry['sha256'][:16]} (the bundle was modified or damaged); refused")
+    checksum_key = entry.get("checksum_file")
+    if checksum_key:
+        line = store.read(checksum_key)
+        if line is None:
+            raise VerifyError(f"{store.location}/{checksum_key}: the bundle's checksum object is missing; refused")
+        fields = line.decode(errors="replace").split()
+        if len(fields) != 2 or fields[0].lower() != digest or fields[1].lstrip("*") != local.name:
+            raise VerifyError(f"{store.location}/{checksum_key}: does not match the bundle (sha256 {digest[:16]}); "
+                              "refused")
+    return local
+
+
+# ---------------------------------------------------------------------------------------------------- signature
+
+
+def check_signature(package: Path, trust: Trust) -> dict:
+    """The package's signature, checked as ``trust`` asks: the signer's facts as a dict (``signed``, ``verified``,
+    ``trusted``, kind, identity or key fingerprint); VerifyError when it is refused."""
+    from efexport.exporter import signing
+
+    return signing.check_package(package, trust)
+
+
+# ---------------------------------------------------------------------------------------------------- provenance
+
+
+def provenance_summary(data: bytes, source: str, name: str) -> dict:
+    """What an in-toto statement says, in brief (unreadable statements are reported, not fatal: the signature,
+    not this summary, is what vouches for the package)."""
+    summary: dict = {"source": source, "file": name, "sha256": _sha256(data)}
+    try:
+        statement = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return summary | {"error": f"not JSON: {exc}"}
+    if not isinstance(statement, dict):
+        return summary | {"error": "not an in-toto statement"}
+    predicate = statement.get("predicate") if isinstance(statement.get("predicate"), dict) else {}
+    build = predicate.get("buildDefinition") if isinstance(predicate.get("buildDefinition"), dict) else {}
+    run = predicate.get("runDetails") if isinstance(predicate.get("runDetails"), dict) else {}
+    builder = run.get("builder") if isinstance(run.get("builder"), dict) else {}
+    subjects = statement.get("subject") if isinstance(statement.get("subject"), list) else []
+    dependencies = build.get("resolvedDependencies") if isinstance(build.get("resolvedDependencies"), list) else []
+    return summary | {
+        "type": statement.get("_type"),
+        "predicate_type": statement.get("predicateType"),
+        "subjects": [{"name": s.get("name"), "digest": s.get("digest")} for s in subjects if isinstance(s, dict)],
+        "builder": builder.get("id"),
+        "build_type": build.get("buildType"),
+        "external_parameters": build.get("externalParameters"),
+        "resolved_dependencies": [d for d in dependencies if isinstance(d, dict)],
+    }
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _provenance(package: Path, store: Store, entry: dict) -> list[dict]:
+    found = []
+    inside = package / PROVENANCE_FILE
+    if inside.is_file():
+        found.append(provenance_summary(inside.read_bytes(), "package", PROVENANCE_FILE))
+    record = (entry.get("evidence") or {}).get(PROVENANCE_FILE)
+    if isinstance(record, dict) and record.get("key"):
+        data = store.read(record["key"])
+        if data is None:
+            raise PublishError(f"{store.location}/{record['key']}: listed as evidence but missing from the registry")
+        if _sha256(data) != record.get("sha256"):
+            raise VerifyError(f"{store.location}/{record['key']}: sha256 differs from the index's (modified?); "
+                              "refused")
+        found.append(provenance_summary(data, "registry", record["key"]))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------- pull
+
+
+def _refuse_unless_passed(report: VerifyReport, where: str) -> None:
+    if report.passed:
+        return
+    problems = report.problems
+    more = f" (and {len(problems) - _SHOWN} more)" if len(problems) > _SHOWN else ""
+    raise VerifyError(f"{where}: does not verify: {'; '.join(problems[:_SHOWN])}{more}; refused")
+
+
+def _verify_summary(report: VerifyReport) -> dict:
+    parity = report.parity
+    return {"passed": report.passed, "files_checked": report.files_checked,
+            "parity": None if parity is None else {"max_abs": parity.max_abs, "min_cosine": parity.min_cosine,
+                                                   "passed": parity.passed},
+            "runtime_parity": {k: {"max_abs": v.get("max_abs"), "min_cosine": v.get("min_cosine"),
+                                   "passed": v.get("passed")} for k, v in report.runtime_parity.items()},
+            "not_checked_here": dict(report.not_checked_here)}
+
+
+def _copy_checked(package: Path, staging: Path, verified: dict[str, dict]) -> None:
+    """Copy the verified package into the staging folder, then check the copy file by file."""
+    for path in sorted(package.rglob("*")):
+        target = staging / path.relative_to(package)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+    if file_table(staging) != verified:
+        raise VerifyError(f"{staging}: the copy differs from the verified package; refused")
+
+
+def pull(store: Store, model: str, version: str, target: str, out_dir: Path, *, trust: Trust = Trust(),
+         force: bool = False, threads: int = 2, progress: Callable[[str], None] | None = None) -> PullResult:
+    """Download, check and install ``model``/``version``/``target`` from ``store`` as ``out_dir/<package name>``."""
+    say = progress or (lambda _message: None)
+    index = read_index(store, missing_ok=False)
+    resolved, entry = resolve(index, store.location, model, version, target)
+    where = f"{model} {resolved} {target}"
+    name = _package_name(entry, f"{store.location}: {where}")
+    final = Path(out_dir) / name
+    if final.exists() and not force:
+        raise OutputError(f"{final} already exists; pass --force to replace it")
+    with tempfile.TemporaryDirectory(prefix="efexport-pull-") as scratch:
+        say(f"downloading {entry['bundle']}")
+        bundle = _download(store, entry, Path(scratch), where)
+        with opened_bundle(bundle) as package:
+            if package.name != name:
+                raise VerifyError(f"{store.location}/{entry['bundle']}: its folder {package.name!r} is not the "
+                                  f"package {name!r}; refused")
+            say("checking the signature")
+            signature = check_signature(package, trust)
+            provenance = _provenance(package, store, entry)
+            say("verifying the package (schema, file hashes, parity)")
+            report = verify_artifact(package, threads)
+            _refuse_unless_passed(report, f"{store.location}/{entry['bundle']}")
+            if report.package.get("name") != name:
+                raise VerifyError(f"{store.location}/{entry['bundle']}: the manifest names the package "
+                                  f"{report.package.get('name')!r}, not {name!r}; refused")
+            verified = file_table(package)
+            existed = final.exists()
+            with staged_output(final, force) as staging:
+                _copy_checked(package, staging, verified)
+    return PullResult("replaced" if existed else "pulled", store.location, model, resolved, version, target,
+                      str(final), entry["sha256"], entry["bundle"], entry.get("published_at"), signature,
+                      provenance, _verify_summary(report))
+
+
+__all__ = ["LATEST", "MANIFEST_FILE", "PROVENANCE_FILE", "PullResult", "Trust", "check_signature",
+           "provenance_summary", "pull", "resolve"]
