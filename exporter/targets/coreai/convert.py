@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -190,23 +189,10 @@ class CoreAITarget:
 
         program = convert(captured, recipe.precision)
         self._labels = labels
-        if recipe.precision == "int8":
+        if recipe.precision == "int8":  # the float32 asset the quantize stage starts from; its candidates replace it
             self._captured = captured
-            return self._float_for_quantization(program, path, recipe)
         _write_asset(program, path, settings.minimum_os)
         return ExportedModel(path, self._facts(path, recipe))
-
-    def _float_for_quantization(self, program, path: Path, recipe: Recipe) -> ExportedModel:
-        """The float32 asset the quantize stage starts from, beside a placeholder file where the asset goes.
-
-        The pipeline hands the float model to ``quantizer`` as a copy made with ``shutil.copyfile``, which takes
-        a file, not an asset's folder: the placeholder is what it copies, and ``quantizer`` puts the asset in
-        its place. The chosen int8 asset then replaces the placeholder in the staging folder."""
-        self._float_asset = path.with_name(f".float-{path.name}")
-        _write_asset(program, self._float_asset, recipe.coreai.minimum_os)
-        facts = self._facts(self._float_asset, recipe)
-        path.write_text("placeholder: the int8 asset is written here once the quantize stage has chosen it\n")
-        return ExportedModel(path, facts)
 
     def _facts(self, path: Path, recipe: Recipe) -> dict:
         """Labels, version and author into the asset's metadata, and the manifest's facts of the asset."""
@@ -234,9 +220,6 @@ class CoreAITarget:
         captured = getattr(self, "_captured", None)
         if captured is None:
             raise RuntimeError("Core AI quantizer: the target exported no int8 float model to quantize")
-        if float_model.is_file():  # the placeholder's copy (see _float_for_quantization): the asset instead
-            float_model.unlink()
-            shutil.move(self._float_asset, float_model)
         minimum_os = recipe.coreai.minimum_os
         return CoreAIQuantizer(captured, float_model, calibration, recipe.quantization.per_channel,
                                convert_program, lambda program, path: _write_asset(program, path, minimum_os))
