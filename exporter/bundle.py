@@ -1,6 +1,7 @@
 """Bundles: a package directory as one reproducible zip file, and the safe way back from one.
 
-Writing: the same package gives the same bytes. Members are the manifest's files plus manifest.json, under
+Writing: the same package gives the same bytes. Members are the manifest's files plus manifest.json, and the
+package's signature (``model.sig``) and provenance statement (``provenance.intoto.json``) when it has them, under
 one top folder named after the package, in sorted order, with a fixed timestamp (1980-01-01, zip's epoch),
 fixed permissions (0644, 0755 for executables) and fixed compression; nothing of the machine or the moment
 goes in. ``NAME.zip.sha256`` beside it is in ``sha256sum`` format, so ``sha256sum -c`` checks it.
@@ -29,6 +30,7 @@ from efexport.exporter.manifest import MANIFEST_FILE, sha256_of
 from efexport.exporter.manifest_model import Manifest
 from efexport.exporter.manifest_schema import load_manifest
 from efexport.exporter.output import write_atomically
+from efexport.exporter.signing import UNLISTED_FILES
 
 BUNDLE_SUFFIX = ".zip"
 CHECKSUM_SUFFIX = ".sha256"
@@ -75,13 +77,14 @@ def _write_zip(package: Path, members: list[str], top: str, target: BinaryIO) ->
 def write_bundle(package: Path, out_dir: Path) -> Bundle:
     """Bundle the verified package directory ``package`` into ``out_dir/<package name>.zip`` (+ ``.sha256``).
 
-    Only the files the manifest lists (and the manifest) go in; a package that does not verify is refused
-    by the caller, not silently bundled here.
+    Only the files the manifest lists, the manifest, and the signature and provenance statement when present
+    go in; a package that does not verify is refused by the caller, not silently bundled here.
     """
     manifest = load_manifest(package)
     name = bundle_name(manifest)
     top = name.removesuffix(BUNDLE_SUFFIX)
-    members = sorted([*manifest.files, MANIFEST_FILE])
+    made_after = [f for f in UNLISTED_FILES if f not in manifest.files and (package / f).is_file()]
+    members = sorted([*manifest.files, MANIFEST_FILE, *made_after])
     missing = [m for m in members if not (package / m).is_file()]
     if missing:
         raise VerifyError(f"{package}: cannot bundle, missing {', '.join(missing[:3])}")

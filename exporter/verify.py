@@ -1,7 +1,11 @@
 """Re-checking a package anywhere: a package directory or its bundle.
 
 In order: the bundle's members are safe and its ``.sha256`` sidecar matches (bundles only); the manifest
-follows its JSON Schema; every file's sha256 matches the manifest; the model reproduces
+follows its JSON Schema; every file's sha256 matches the manifest (the signature ``model.sig`` and the provenance
+statement ``provenance.intoto.json`` are made after the manifest: allowed under these exact names); the signature,
+when there is one (``exporter/signing.py``: who signed, every file against it, and with trust material the
+signature itself; ``trust.require_signature`` or trust material make an unsigned package fail); the provenance
+statement, when there is one (``exporter/provenance.py``: its subjects against the files); the model reproduces
 ``reference_io.npz`` within the recorded tolerances on the package's own runtime (ONNX Runtime, the Core ML
 reference interpreter, ONNX Runtime on TensorRT's prepared graph); and on every other runtime of the target
 present on this machine (Core ML on macOS, the TensorRT engine where TensorRT and a GPU exist). With
@@ -30,8 +34,10 @@ from efexport.exporter.errors import VerifyError
 from efexport.exporter.manifest import MANIFEST_FILE, REFERENCE_FILE, file_table, read_manifest
 from efexport.exporter.manifest_model import Manifest
 from efexport.exporter.manifest_schema import typed_or_problems
+from efexport.exporter.provenance import check_provenance
 from efexport.exporter.recipes import Recipe, Tolerances
 from efexport.exporter.runtimes import measure_latency, model_digest, runtime_parity, timed_runtimes
+from efexport.exporter.signing import UNLISTED_FILES, SignatureReport, Trust, check_signature
 from efexport.exporter.targets import TARGETS
 from efexport.validate.isolated import outputs_isolated
 from efexport.validate.parity import ParityReport, compare_outputs
@@ -49,6 +55,8 @@ class VerifyReport:
     runtime_parity: dict[str, dict] = field(default_factory=dict)  # other runtimes present here
     not_checked_here: dict[str, str] = field(default_factory=dict)  # runtimes absent here, and why
     latency: list[dict] = field(default_factory=list)  # with latency=True
+    signature: dict = field(default_factory=lambda: SignatureReport(present=False).to_dict())  # signing.SignatureReport
+    provenance: dict | None = None  # provenance.ProvenanceReport when the package has a statement
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,7 +93,8 @@ def _recorded_digests(manifest: Manifest | None, raw: object) -> dict[str, objec
 
 
 def _file_problems(directory: Path, recorded: dict[str, object]) -> list[str]:
-    present = file_table(directory)
+    present = {name: entry for name, entry in file_table(directory).items()
+               if name not in UNLISTED_FILES or name in recorded}  # made after the manifest: never listed
     problems = [f"missing file {name}" for name in recorded if name not in present]
     problems += [f"unexpected file {name} (not in the manifest)" for name in present if name not in recorded]
     problems += [f"{name}: sha256 differs from the manifest (modified?)" for name, digest in recorded.items()
@@ -150,9 +159,11 @@ def _check_runtimes(directory: Path, manifest: Manifest, threads: int, latency: 
 
 
 def verify_artifact(directory: Path, threads: int = 2, latency: bool = False,
-                    validated: ValidatedRun | None = None) -> VerifyReport:
+                    validated: ValidatedRun | None = None, trust: Trust | None = None) -> VerifyReport:
     """Raise VerifyError when the directory is not a package at all; otherwise report everything that fails.
-    ``validated``: the export's own parity run, reused where it is the run verify would make (package stage)."""
+    ``validated``: the export's own parity run, reused where it is the run verify would make (package stage).
+    ``trust``: who must have signed it (default: nobody; a signature present is still read and its files
+    checked)."""
     directory = Path(directory)
     if not directory.exists():
         raise VerifyError(f"{directory}: no such package directory or bundle")
@@ -163,6 +174,10 @@ def verify_artifact(directory: Path, threads: int = 2, latency: bool = False,
     problems = [f"manifest: {p}" for p in manifest_problems]
     recorded = _recorded_digests(manifest, raw)
     problems += _file_problems(directory, recorded)
+    signature = check_signature(directory, trust or Trust())
+    problems += list(signature.problems)
+    provenance = check_provenance(directory)
+    problems += list(provenance.problems)
     fields: dict = {"parity": None}
     model_problem = _model_file_problem(manifest.target.model_file, recorded) if manifest else None
     problems += [model_problem] if model_problem else []
@@ -187,17 +202,23 @@ def verify_artifact(directory: Path, threads: int = 2, latency: bool = False,
         package = manifest.package.as_json()
     else:  # what a manifest that breaks its schema says of the package (a bundle's folder is checked against it)
         package = raw.get("package") if isinstance(raw.get("package"), dict) else {}
-    return VerifyReport(str(directory), not problems, tuple(problems), len(recorded) + 1, package=package, **fields)
+    return VerifyReport(str(directory), not problems, tuple(problems), len(recorded) + 1, package=package,
+                        signature=signature.to_dict(),
+                        provenance=provenance.to_dict() if provenance.present else None, **fields)
 
 
-def verify_package(path: Path, threads: int = 2, latency: bool = False) -> VerifyReport:
-    """Verify a package directory or a bundle (.zip, extracted privately after its members are checked)."""
+def verify_package(path: Path, threads: int = 2, latency: bool = False, trust: Trust | None = None) -> VerifyReport:
+    """Verify a package directory or a bundle (.zip, extracted privately after its members are checked), with
+    ``trust`` saying who must have signed it (``signing.Trust``; checked first: UsageError for unusable trust
+    files)."""
     path = Path(path)
+    if trust is not None:
+        trust.check()
     if not is_bundle(path):
-        return verify_artifact(path, threads, latency)
+        return verify_artifact(path, threads, latency, trust=trust)
     sidecar = checksum_problems(path) if path.is_file() else []
     with opened_bundle(path) as directory:
-        report = verify_artifact(directory, threads, latency)
+        report = verify_artifact(directory, threads, latency, trust=trust)
         name = report.package.get("name")
         if name and directory.name != name:
             sidecar.append(f"bundle folder {directory.name!r} does not match the package name {name!r}")
@@ -205,4 +226,4 @@ def verify_package(path: Path, threads: int = 2, latency: bool = False) -> Verif
     return replace(report, path=str(path), passed=not problems, problems=problems)
 
 
-__all__ = ["MANIFEST_FILE", "ValidatedRun", "VerifyReport", "verify_artifact", "verify_package"]
+__all__ = ["MANIFEST_FILE", "Trust", "ValidatedRun", "VerifyReport", "verify_artifact", "verify_package"]

@@ -24,8 +24,10 @@ from efexport.exporter.cli.export import all_command, export_command
 from efexport.exporter.cli.fold import fold_command
 from efexport.exporter.cli.info import targets_command, variants_command
 from efexport.exporter.cli.options import EXIT_CODES_HELP
+from efexport.exporter.cli.provenance import provenance_command
 from efexport.exporter.cli.publish import publish_command
 from efexport.exporter.cli.pull import pull_command
+from efexport.exporter.cli.sign import sign_command
 from efexport.exporter.cli.verify import verify_command
 from efexport.exporter.targets import TARGETS
 
@@ -43,6 +45,8 @@ for _name, _spec in TARGETS.items():
 app.command("all")(all_command)
 app.command("fold")(fold_command)
 app.command("verify")(verify_command)
+app.command("provenance")(provenance_command)
+app.command("sign")(sign_command)
 app.command("bundle")(bundle_command)
 app.command("bench")(bench_command)
 app.command("evaluate")(evaluate_command)
