@@ -8,19 +8,23 @@ Layout under the registry root (a directory, or ``s3://BUCKET/PREFIX``)::
         <name>.zip.sha256       its sha256sum line
         manifest.json           the package's manifest, readable without downloading the bundle
         README.md               the package's model card
+        model.sig               the package's signature (signed packages; also inside the bundle)
         evidence/<file>         each ``--evidence`` JSON file (benchmarks, reviews)
 
 ``<model>`` is e.g. ``efficientformer-l3`` and ``<target>`` e.g. ``coreml-fp16`` (the package name, split after
 the variant); ``<sha16>`` is the first 16 hex digits of the bundle's sha256. ``index.json`` maps
-``packages[model][version][target]`` to an entry naming the folder, every object's key and sha256, and a summary
-of the manifest (weights, parity, latency, tool versions, when it was published); see ``index_entry``.
+``packages[model][version][target]`` to an entry naming the folder, every object's key and sha256, the signature
+(its key and sha256, the signer as ``exporter.signing`` reads it, and whether it was verified against trust given
+at publish), and a summary of the manifest (weights, parity, latency, tool versions, when it was published); see
+``index_entry``.
 
 Guarantees:
 
 - Only a package that verifies (``exporter.verify``: schema, every file's sha256, parity re-run) and passes the
   publishing gates is published: parity passed on every runtime, trained weights (random-init only with
   ``allow_random_weights``), and what the package's target requires (``TargetSpec.publish_allowance``: a built
-  engine for TensorRT, unless ``allow_no_engine``).
+  engine for TensorRT, unless ``allow_no_engine``). A signature present is always checked (every file against
+  it); ``trust`` (``signing.Trust``) can require one (``require_signature``) or one by a trusted signer.
 - A version is immutable: publishing a different package under a published (model, version, target) is refused
   unless ``force``. Publishing the same package again (its directory or its bundle: bundles are reproducible)
   writes nothing and reports "unchanged"; if stored objects were damaged or lost, they are uploaded again
@@ -60,6 +64,7 @@ from efexport.exporter.manifest import MANIFEST_FILE, read_manifest, sha256_of
 from efexport.exporter.manifest_model import CheckpointWeights, LatencyEntry, Manifest, RandomInitWeights
 from efexport.exporter.manifest_schema import typed_manifest
 from efexport.exporter.output import FileContent, check_output_root, write_atomically
+from efexport.exporter.signing import SIGNATURE_FILE, Trust
 from efexport.exporter.targets import TARGETS
 
 INDEX_KEY = "index.json"
@@ -527,8 +532,19 @@ def _latency_summary(latency: Sequence[LatencyEntry]) -> list[dict]:
     return rows
 
 
+def _signature_record(objects: Sequence[_Object], signature: dict | None) -> dict | None:
+    """The index's record of the package's signature: where it is stored beside the bundle, and who signed (as
+    verify reported it: ``verified`` only when trust was given at publish and it held)."""
+    stored = next((o for o in objects if PurePosixPath(o.key).name == SIGNATURE_FILE), None)
+    if stored is None or not signature or not signature.get("present"):
+        return None
+    return {"key": stored.key, "sha256": stored.sha256, "kind": signature.get("kind"),
+            "signer": signature.get("signer"), "issuer": signature.get("issuer"),
+            "verified": bool(signature.get("verified")), "trusted_by": signature.get("trusted_by")}
+
+
 def index_entry(manifest: Manifest, folder: str, bundle: _Object, objects: Sequence[_Object],
-                evidence: Sequence[_Evidence]) -> dict:
+                evidence: Sequence[_Evidence], signature: dict | None = None) -> dict:
     """The index's record of one published package (published_at is added when the index is written)."""
     by_name = {PurePosixPath(o.key).name: o for o in objects}
     card = by_name.get(_card_file())
@@ -541,6 +557,7 @@ def index_entry(manifest: Manifest, folder: str, bundle: _Object, objects: Seque
         "card": card.key if card else None,
         "evidence": {e.name: {"key": f"{folder}/{EVIDENCE_DIR}/{e.name}",
                               "sha256": hashlib.sha256(e.data).hexdigest()} for e in evidence},
+        "signature": _signature_record(objects, signature),
         "objects": {o.key: o.sha256 for o in objects},
         "variant": manifest.model.variant, "format": target.format, "precision": target.precision,
         "weights": _weights_summary(manifest.weights),
@@ -553,7 +570,7 @@ def index_entry(manifest: Manifest, folder: str, bundle: _Object, objects: Seque
 
 
 def _plan(bundle: Path, manifest: Manifest, raw_manifest: bytes, card: bytes | None, version: str,
-          evidence: Sequence[_Evidence]) -> _Plan:
+          evidence: Sequence[_Evidence], signature: tuple[bytes, dict] | None = None) -> _Plan:
     model, target = _identity(manifest)
     digest = sha256_of(bundle)
     folder = f"{model}/{version}/{target}/{digest[:FOLDER_DIGITS]}"
@@ -563,8 +580,10 @@ def _plan(bundle: Path, manifest: Manifest, raw_manifest: bytes, card: bytes | N
                _Object.of_bytes(f"{folder}/{MANIFEST_FILE}", raw_manifest)]
     if card is not None:
         objects.append(_Object.of_bytes(f"{folder}/{_card_file()}", card))
+    if signature is not None:
+        objects.append(_Object.of_bytes(f"{folder}/{SIGNATURE_FILE}", signature[0]))
     objects += [_Object.of_bytes(f"{folder}/{EVIDENCE_DIR}/{e.name}", e.data) for e in evidence]
-    entry = index_entry(manifest, folder, bundle_object, objects, evidence)
+    entry = index_entry(manifest, folder, bundle_object, objects, evidence, signature and signature[1])
     return _Plan(model, version, target, folder, bundle_object, tuple(objects), entry)
 
 
@@ -588,16 +607,19 @@ def gate_problems(manifest: Manifest, allow_random_weights: bool = False, **allo
     return problems
 
 
-def _verified_or_refused(source: Path, threads: int) -> None:
+def _verified_or_refused(source: Path, threads: int, trust: Trust | None = None) -> dict:
+    """Verify the package (its signature as ``trust`` asks); PublishRefused when it fails. Returns the
+    signature's report (``signing.SignatureReport.to_dict``)."""
     from efexport.exporter.verify import verify_package
 
     try:
-        report = verify_package(source, threads)
+        report = verify_package(source, threads, trust=trust)
     except VerifyError as exc:
         raise PublishRefused(f"{source}: does not verify: {exc}") from None
     if not report.passed:
         more = f" (and {len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
         raise PublishRefused(f"{source}: does not verify: {'; '.join(report.problems[:3])}{more}")
+    return report.signature
 
 
 def recorded_version(source: Path) -> str:
@@ -743,6 +765,7 @@ class PublishResult:
     sha256: str
     keys: tuple[str, ...]
     latency_comparison: tuple[dict, ...] = ()
+    signature: dict | None = None  # the index entry's signature record (None: unsigned)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"keys": list(self.keys), "latency_comparison": list(self.latency_comparison)}
@@ -812,7 +835,8 @@ def _remove_replaced(store: Store, old: dict, new: dict) -> None:
 def _result(status: str, store: Store, plan: _Plan, index: dict, entry: dict) -> PublishResult:
     comparison = latency_comparison(index, plan.model, plan.version, plan.target, entry)
     return PublishResult(status, store.location, plan.model, plan.version, plan.target, entry["folder"],
-                         entry["sha256"], tuple(sorted(entry.get("objects", {}))), tuple(comparison))
+                         entry["sha256"], tuple(sorted(entry.get("objects", {}))), tuple(comparison),
+                         entry.get("signature"))
 
 
 def _publish_bundle(bundle: Path, store: Store, plan: _Plan, force: bool) -> PublishResult:
@@ -834,25 +858,41 @@ def _publish_bundle(bundle: Path, store: Store, plan: _Plan, force: bool) -> Pub
     return _result("published" if replaced is None else "replaced", store, plan, index, listed)
 
 
+def _bundle_signature(bundle: Path) -> bytes | None:
+    """The signature inside a (checked) bundle, or None for an unsigned package."""
+    with zipfile.ZipFile(bundle) as archive:
+        member = f"{check_members(archive, str(bundle))}/{SIGNATURE_FILE}"
+        return archive.read(member) if member in archive.namelist() else None
+
+
 def publish(source: Path, store: Store, version: str | None = None, *, allow_random_weights: bool = False,
-            force: bool = False, evidence: Sequence[Path] = (), threads: int = 2, **allowed: bool) -> PublishResult:
+            force: bool = False, evidence: Sequence[Path] = (), threads: int = 2, trust: Trust | None = None,
+            **allowed: bool) -> PublishResult:
     """Verify the package (directory or bundle) at ``source``, check the gates, and publish its bundle, model
-    card, manifest and evidence under ``version`` (default: the efexport version that made the package).
+    card, manifest, signature and evidence under ``version`` (default: the efexport version that made the
+    package). ``trust``: who must have signed it (``signing.Trust``: trusted keys, a keyless identity, a
+    certificate chain, ``require_signature``; default: a signature present is checked, none is required).
     ``allowed``: the targets' publish allowances that were given, by parameter name (``allow_no_engine``)."""
     source = Path(source)
     if not source.exists():  # refused like any other path that is no package (a directory without one: 10)
         raise PublishRefused(f"{source}: no such package directory or bundle")
+    if trust is not None:
+        trust.check()  # unusable trust options are a usage error, before anything else
     version = _check_segment(version or recorded_version(source), "--version")
     evidence_files = _read_evidence(evidence)
     read_index(store)  # an unreachable, denied or missing destination fails now, not after verification
-    _verified_or_refused(source, threads)
+    signature = _verified_or_refused(source, threads, trust)
     with tempfile.TemporaryDirectory(prefix="efexport-publish-") as scratch:
         bundle = source if is_bundle(source) else write_bundle(source, Path(scratch)).path
         manifest, raw_manifest, card = _bundle_members(bundle)
         problems = gate_problems(manifest, allow_random_weights, **allowed)
         if problems:
             raise PublishRefused(f"{source}: may not be published: {'; '.join(problems)}")
-        plan = _plan(bundle, manifest, raw_manifest, card, version, evidence_files)
+        signed = _bundle_signature(bundle)
+        if signed is None and signature.get("present"):
+            raise PublishRefused(f"{source}: the package is signed but its bundle carries no {SIGNATURE_FILE}")
+        plan = _plan(bundle, manifest, raw_manifest, card, version, evidence_files,
+                     None if signed is None else (signed, signature))
         return _publish_bundle(bundle, store, plan, force)
 
 

@@ -23,7 +23,6 @@ output folder created for the pull is removed again.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -34,27 +33,13 @@ from efexport.exporter.bundle import BUNDLE_SUFFIX, opened_bundle
 from efexport.exporter.errors import NotInRegistry, OutputError, PublishError, VerifyError
 from efexport.exporter.manifest import MANIFEST_FILE, file_table, sha256_of
 from efexport.exporter.output import staged_output
+from efexport.exporter.provenance import read_statement
 from efexport.exporter.publish import SEGMENT, Store, read_index, version_order
+from efexport.exporter.signing import PROVENANCE_FILE, SIGNATURE_FILE, Trust, check_signature
 from efexport.exporter.verify import VerifyReport, verify_artifact
 
 LATEST = "latest"
-PROVENANCE_FILE = "provenance.intoto.json"  # an in-toto statement, in the package or as registry evidence
 _SHOWN = 3  # problems named in a refusal before "and N more"
-
-
-@dataclass(frozen=True)
-class Trust:
-    """Who must have signed: trusted public keys (PEM files), or a keyless (Sigstore) identity and its issuer;
-    ``require_signature`` refuses unsigned packages. Empty: a present signature is checked for integrity only."""
-
-    trusted_keys: tuple[Path, ...] = ()
-    identity: str | None = None
-    issuer: str | None = None
-    require_signature: bool = False
-
-    @property
-    def anchored(self) -> bool:
-        return bool(self.trusted_keys or self.identity or self.issuer)
 
 
 @dataclass(frozen=True)
@@ -69,8 +54,8 @@ class PullResult:
     sha256: str
     bundle: str  # the bundle's key in the registry
     published_at: str | None
-    signature: dict  # {"signed": False} or {"signed": True, "verified": True, "trusted": bool, signer facts...}
-    provenance: list[dict] = field(default_factory=list)  # each statement found: in the package, in the registry
+    signature: dict  # signing.SignatureReport.to_dict(): status, kind, signer, issuer, verified, trusted_by
+    provenance: list[dict] = field(default_factory=list)  # each statement: in the package, in the registry
     verify: dict = field(default_factory=dict)  # files checked, parity, runtimes checked and not checked here
 
     def to_dict(self) -> dict:
@@ -141,65 +126,48 @@ def _download(store: Store, entry: dict, into: Path, where: str) -> Path:
 # ---------------------------------------------------------------------------------------------------- signature
 
 
-def check_signature(package: Path, trust: Trust) -> dict:
-    """The package's signature, checked as ``trust`` asks: the signer's facts as a dict (``signed``, ``verified``,
-    ``trusted``, kind, identity or key fingerprint); VerifyError when it is refused."""
-    from efexport.exporter import signing
-
-    return signing.check_package(package, trust)
+def _signature_or_refused(package: Path, trust: Trust, where: str) -> dict:
+    """The package's signature checked as ``trust`` asks (before the slower parity run); VerifyError naming every
+    problem: an unsigned package under trust or require_signature, another signer, a changed file."""
+    report = check_signature(package, trust)
+    if not report.passed:
+        raise VerifyError(f"{where}: signature refused: {'; '.join(report.problems[:_SHOWN])}"
+                          + (f" (and {len(report.problems) - _SHOWN} more)" if len(report.problems) > _SHOWN else ""))
+    return report.to_dict()
 
 
 # ---------------------------------------------------------------------------------------------------- provenance
 
 
-def provenance_summary(data: bytes, source: str, name: str) -> dict:
-    """What an in-toto statement says, in brief (unreadable statements are reported, not fatal: the signature,
-    not this summary, is what vouches for the package)."""
-    summary: dict = {"source": source, "file": name, "sha256": _sha256(data)}
-    try:
-        statement = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return summary | {"error": f"not JSON: {exc}"}
-    if not isinstance(statement, dict):
-        return summary | {"error": "not an in-toto statement"}
-    predicate = statement.get("predicate") if isinstance(statement.get("predicate"), dict) else {}
-    build = predicate.get("buildDefinition") if isinstance(predicate.get("buildDefinition"), dict) else {}
-    run = predicate.get("runDetails") if isinstance(predicate.get("runDetails"), dict) else {}
-    builder = run.get("builder") if isinstance(run.get("builder"), dict) else {}
-    subjects = statement.get("subject") if isinstance(statement.get("subject"), list) else []
-    dependencies = build.get("resolvedDependencies") if isinstance(build.get("resolvedDependencies"), list) else []
-    return summary | {
-        "type": statement.get("_type"),
-        "predicate_type": statement.get("predicateType"),
-        "subjects": [{"name": s.get("name"), "digest": s.get("digest")} for s in subjects if isinstance(s, dict)],
-        "builder": builder.get("id"),
-        "build_type": build.get("buildType"),
-        "external_parameters": build.get("externalParameters"),
-        "resolved_dependencies": [d for d in dependencies if isinstance(d, dict)],
-    }
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
-def _provenance(package: Path, store: Store, entry: dict) -> list[dict]:
-    found = []
-    inside = package / PROVENANCE_FILE
-    if inside.is_file():
-        found.append(provenance_summary(inside.read_bytes(), "package", PROVENANCE_FILE))
+def _registry_provenance(store: Store, entry: dict, package: Path, scratch: Path) -> dict | None:
+    """The entry's ``evidence/provenance.intoto.json``, checked against its recorded sha256, read as a statement
+    and its subjects compared with the package's files (differences are reported, not refused: evidence is the
+    publisher's word, not covered by the signature)."""
     record = (entry.get("evidence") or {}).get(PROVENANCE_FILE)
-    if isinstance(record, dict) and record.get("key"):
-        data = store.read(record["key"])
-        if data is None:
-            raise PublishError(f"{store.location}/{record['key']}: listed as evidence but missing from the registry")
-        if _sha256(data) != record.get("sha256"):
-            raise VerifyError(f"{store.location}/{record['key']}: sha256 differs from the index's (modified?); "
-                              "refused")
-        found.append(provenance_summary(data, "registry", record["key"]))
-    return found
+    if not isinstance(record, dict) or not record.get("key"):
+        return None
+    key = record["key"]
+    local = scratch / PROVENANCE_FILE
+    if not store.get_file(key, local):
+        raise PublishError(f"{store.location}/{key}: listed as evidence but missing from the registry")
+    if sha256_of(local) != record.get("sha256"):
+        raise VerifyError(f"{store.location}/{key}: sha256 differs from the index's (modified?); refused")
+    try:
+        statement = read_statement(local)
+    except (ValueError, OSError) as exc:
+        return {"source": "registry", "key": key, "present": True, "problems": [f"{key}: {exc}"]}
+    files = {name: item["sha256"] for name, item in file_table(package).items() if name != SIGNATURE_FILE}
+    subjects = {s.name: s.digest.get("sha256") for s in statement.subject if s.name is not None}
+    problems = [f"{key}: subject {name}: not this package's file (sha256 differs or no such file)"
+                for name, digest in subjects.items() if files.get(name) != digest]
+    predicate = statement.predicate
+    metadata = predicate.runDetails.metadata
+    return {"source": "registry", "key": key, "present": True, "builder": predicate.runDetails.builder.id,
+            "invocation": metadata.invocationId if metadata else None,
+            "inputs": dict(predicate.buildDefinition.externalParameters),
+            "dependencies": [d.model_dump(mode="json", exclude_none=True)
+                             for d in predicate.buildDefinition.resolvedDependencies],
+            "subjects": len(subjects), "problems": problems}
 
 
 # ---------------------------------------------------------------------------------------------------- pull
@@ -236,10 +204,12 @@ def _copy_checked(package: Path, staging: Path, verified: dict[str, dict]) -> No
         raise VerifyError(f"{staging}: the copy differs from the verified package; refused")
 
 
-def pull(store: Store, model: str, version: str, target: str, out_dir: Path, *, trust: Trust = Trust(),
+def pull(store: Store, model: str, version: str, target: str, out_dir: Path, *, trust: Trust | None = None,
          force: bool = False, threads: int = 2, progress: Callable[[str], None] | None = None) -> PullResult:
     """Download, check and install ``model``/``version``/``target`` from ``store`` as ``out_dir/<package name>``."""
     say = progress or (lambda _message: None)
+    trust = trust or Trust()
+    trust.check()
     index = read_index(store, missing_ok=False)
     resolved, entry = resolve(index, store.location, model, version, target)
     where = f"{model} {resolved} {target}"
@@ -255,11 +225,14 @@ def pull(store: Store, model: str, version: str, target: str, out_dir: Path, *, 
                 raise VerifyError(f"{store.location}/{entry['bundle']}: its folder {package.name!r} is not the "
                                   f"package {name!r}; refused")
             say("checking the signature")
-            signature = check_signature(package, trust)
-            provenance = _provenance(package, store, entry)
-            say("verifying the package (schema, file hashes, parity)")
-            report = verify_artifact(package, threads)
+            signature = _signature_or_refused(package, trust, f"{store.location}/{entry['bundle']}")
+            say("verifying the package (schema, file hashes, signature, provenance, parity)")
+            report = verify_artifact(package, threads, trust=trust)
             _refuse_unless_passed(report, f"{store.location}/{entry['bundle']}")
+            provenance = [{"source": "package", "key": PROVENANCE_FILE} | report.provenance] \
+                if report.provenance else []
+            registry_statement = _registry_provenance(store, entry, package, Path(scratch))
+            provenance += [registry_statement] if registry_statement else []
             if report.package.get("name") != name:
                 raise VerifyError(f"{store.location}/{entry['bundle']}: the manifest names the package "
                                   f"{report.package.get('name')!r}, not {name!r}; refused")
@@ -272,5 +245,4 @@ def pull(store: Store, model: str, version: str, target: str, out_dir: Path, *, 
                       provenance, _verify_summary(report))
 
 
-__all__ = ["LATEST", "MANIFEST_FILE", "PROVENANCE_FILE", "PullResult", "Trust", "check_signature",
-           "provenance_summary", "pull", "resolve"]
+__all__ = ["LATEST", "MANIFEST_FILE", "PullResult", "Trust", "pull", "resolve"]

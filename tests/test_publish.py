@@ -82,7 +82,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], S
     return lambda: S3Store(BUCKET, f"registry-{next(_prefixes)}", endpoint)
 
 
-_verified: dict[tuple[str, str | None], object] = {}
+_verified: dict[tuple[str, str | None, str], object] = {}
 
 
 @pytest.fixture
@@ -92,11 +92,11 @@ def verify_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real = exporter_verify.verify_package
 
-    def cached(path: Path, threads: int = 2, latency: bool = False) -> object:
+    def cached(path: Path, threads: int = 2, latency: bool = False, trust: object = None) -> object:
         path = Path(path)
-        key = (str(path.resolve()), sha256_of(path) if path.is_file() else None)
+        key = (str(path.resolve()), sha256_of(path) if path.is_file() else None, repr(trust))
         if key not in _verified:
-            _verified[key] = real(path, threads, latency)
+            _verified[key] = real(path, threads, latency, trust)
         return _verified[key]
 
     monkeypatch.setattr(exporter_verify, "verify_package", cached)

@@ -33,6 +33,14 @@ def publish_command(
                                                        "random-init weights (refused otherwise).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a different package already published under "
                                         "this version.")] = False,
+    trusted_key: options.TrustedKeys = None,
+    identity: options.Identity = None,
+    issuer: options.Issuer = None,
+    certificate_chain: Annotated[list[Path] | None, typer.Option(
+        "--certificate-chain", show_default=False,
+        help="Certificate signatures: the chain up to a trusted root (PEM; repeatable): a valid signature by a "
+             "certificate it vouches for is required.")] = None,
+    require_signature: options.RequireSignature = False,
     threads: options.Threads = 2,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
@@ -41,16 +49,24 @@ def publish_command(
     """Verify a package and publish it to a registry: bundle, manifest, model card and evidence under
     MODEL/VERSION/TARGET/SHA256-PREFIX/, listed in index.json once every upload is read back and matches.
 
-    Publishing the same package again changes nothing. Exit code 10: refused (does not verify, a gate failed,
-    random weights, the version holds a different package); 11: the destination failed (unreachable, denied,
-    an upload did not verify).
+    A signed package's signature (model.sig) is kept inside the bundle and beside it, and the index records the
+    signer; a signature present is always checked. --require-signature refuses an unsigned package; --trusted-key
+    (or --identity with --issuer, or --certificate-chain) requires a valid signature by a trusted signer.
+
+    Publishing the same package again changes nothing. Exit code 10: refused (does not verify, a bad or missing
+    signature, a gate failed, random weights, the version holds a different package); 11: the destination failed
+    (unreachable, denied, an upload did not verify).
     """
     from efexport.exporter.publish import open_store, publish
+    from efexport.exporter.signing import Trust
 
     def work() -> Any:
+        trust = Trust(trusted_keys=tuple(trusted_key or ()), identity=identity, issuer=issuer,
+                      certificate_chain=tuple(certificate_chain or ()), require_signature=require_signature)
+        trust.check()
         store = open_store(to, endpoint_url)
         return publish(path, store, version, allow_random_weights=allow_random_weights, force=force,
-                       evidence=evidence or (), threads=threads, **allowed)
+                       evidence=evidence or (), threads=threads, trust=trust, **allowed)
 
     result = run_guarded(as_json, work)
     console = stderr(quiet)
@@ -59,6 +75,16 @@ def publish_command(
     if console:
         console.print(f"[green]{result.status}[/] {result.model} {result.version} {result.target} -> "
                       f"{escape(result.destination)} (sha256 {result.sha256[:12]})", highlight=False)
+        signature = result.signature
+        if signature:
+            trusted = f"verified, trusted by {signature['trusted_by']}" if signature.get("verified") else \
+                "files match it; signer not checked against trust"
+            issuer = f" ({signature['issuer']})" if signature.get("issuer") else ""
+            console.print(f"  signed: {signature['kind']} {escape(str(signature['signer']))}{escape(issuer)} "
+                          f"({trusted}); stored as {escape(signature['key'])}", highlight=False)
+        else:
+            console.print("  [yellow]unsigned[/] (pass --require-signature to refuse unsigned packages)",
+                          highlight=False)
         if result.latency_comparison:
             console.print(latency_comparison_table(list(result.latency_comparison)))
 

@@ -27,6 +27,10 @@ def pull_command(
     trusted_key: options.TrustedKeys = None,
     identity: options.Identity = None,
     issuer: options.Issuer = None,
+    certificate_chain: Annotated[list[Path] | None, typer.Option(
+        "--certificate-chain", show_default=False,
+        help="Certificate signatures: the chain up to a trusted root (PEM; repeatable): a valid signature by a "
+             "certificate it vouches for is required.")] = None,
     require_signature: options.RequireSignature = False,
     force: options.Force = False,
     threads: options.Threads = 2,
@@ -43,7 +47,6 @@ def pull_command(
     in the registry (the message names what is), 11 the registry failed, 4 OUT/<package> exists (--force replaces
     it atomically).
     """
-    from efexport.exporter.errors import UsageError
     from efexport.exporter.publish import open_store
     from efexport.exporter.pull import Trust, pull
 
@@ -54,10 +57,8 @@ def pull_command(
             console.print(f"[dim]{escape(message)}[/]", highlight=False)
 
     def work() -> Any:
-        if bool(identity) != bool(issuer):
-            raise UsageError("--identity and --issuer go together (a keyless signature is trusted for an identity "
-                             "from an issuer)")
-        trust = Trust(tuple(trusted_key or ()), identity, issuer, require_signature)
+        trust = Trust(trusted_keys=tuple(trusted_key or ()), identity=identity, issuer=issuer,
+                      certificate_chain=tuple(certificate_chain or ()), require_signature=require_signature)
         store = open_store(registry, endpoint_url, create=False, option="REGISTRY")
         return pull(store, model, version, target, out, trust=trust, force=force, threads=threads,
                     progress=progress)
@@ -86,23 +87,27 @@ def pull_command(
 
 
 def signature_line(signature: dict) -> str:
-    if not signature.get("signed"):
+    """The signature in words (``signing.SignatureReport.to_dict``)."""
+    if not signature.get("present"):
         return "none (unsigned package)"
-    who = signature.get("identity") or signature.get("fingerprint") or "unknown signer"
-    kind = signature.get("kind") or "signature"
-    trust = "trusted" if signature.get("trusted") else "valid, signer not checked against trust anchors"
-    issuer = f" (issuer {signature['issuer']})" if signature.get("issuer") else ""
-    return f"{kind} by {who}{issuer}: {trust}"
+    issuer = f" ({signature['issuer']})" if signature.get("issuer") else ""
+    who = f"{signature.get('kind')} {signature.get('signer')}{issuer}"
+    if signature.get("verified"):
+        return f"{who}: verified, trusted by {signature.get('trusted_by')}"
+    return (f"{who}: files match the signature, but the signer was not checked against any trust (give "
+            "--trusted-key, --identity/--issuer or --certificate-chain)")
 
 
 def provenance_line(statement: dict) -> str:
-    if statement.get("error"):
-        return f"{statement['file']}: unreadable ({statement['error']})"
-    parts = [str(statement.get("predicate_type") or "unknown predicate")]
-    if statement.get("builder"):
-        parts.append(f"builder {statement['builder']}")
-    for dependency in statement.get("resolved_dependencies", [])[:3]:
+    """A provenance statement in words (``provenance.ProvenanceReport.to_dict`` and the registry's copy)."""
+    parts = [f"builder {statement.get('builder') or 'unknown'}"]
+    inputs = statement.get("inputs") or {}
+    for name in ("variant", "target", "precision"):
+        if inputs.get(name):
+            parts.append(f"{name} {inputs[name]}")
+    for dependency in (statement.get("dependencies") or [])[:3]:
         digest = (dependency.get("digest") or {}).get("sha256", "")
-        parts.append(f"input {dependency.get('uri') or dependency.get('name')}" + (f" sha256 {digest[:12]}"
-                                                                                   if digest else ""))
+        label = dependency.get("uri") or dependency.get("name") or "input"
+        parts.append(f"input {label}" + (f" sha256 {digest[:12]}" if digest else ""))
+    parts += [f"[{problem}]" for problem in statement.get("problems") or []]
     return "; ".join(parts)
