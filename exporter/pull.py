@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from efexport.exporter.bundle import BUNDLE_SUFFIX, opened_bundle
 from efexport.exporter.errors import NotInRegistry, OutputError, PublishError, VerifyError
@@ -36,7 +37,9 @@ from efexport.exporter.output import staged_output
 from efexport.exporter.provenance import read_statement
 from efexport.exporter.publish import SEGMENT, Store, read_index, version_order
 from efexport.exporter.signing import PROVENANCE_FILE, SIGNATURE_FILE, Trust, check_signature
-from efexport.exporter.verify import VerifyReport, verify_artifact
+
+if TYPE_CHECKING:
+    from efexport.exporter.verify import VerifyReport
 
 LATEST = "latest"
 _SHOWN = 3  # problems named in a refusal before "and N more"
@@ -207,6 +210,8 @@ def _copy_checked(package: Path, staging: Path, verified: dict[str, dict]) -> No
 def pull(store: Store, model: str, version: str, target: str, out_dir: Path, *, trust: Trust | None = None,
          force: bool = False, threads: int = 2, progress: Callable[[str], None] | None = None) -> PullResult:
     """Download, check and install ``model``/``version``/``target`` from ``store`` as ``out_dir/<package name>``."""
+    from efexport.exporter.verify import verify_artifact  # torch: not for the refusals before verification
+
     say = progress or (lambda _message: None)
     trust = trust or Trust()
     trust.check()
