@@ -64,7 +64,7 @@ from efexport.exporter.manifest import MANIFEST_FILE, read_manifest, sha256_of
 from efexport.exporter.manifest_model import CheckpointWeights, LatencyEntry, Manifest, RandomInitWeights
 from efexport.exporter.manifest_schema import typed_manifest
 from efexport.exporter.output import FileContent, check_output_root, write_atomically
-from efexport.exporter.signing import SIGNATURE_FILE, Trust
+from efexport.exporter.signing import SIGNATURE_FILE, Trust, read_signature
 from efexport.exporter.targets import TARGETS
 
 INDEX_KEY = "index.json"
@@ -612,6 +612,15 @@ def _verified_or_refused(source: Path, threads: int, trust: Trust | None = None)
     signature's report (``signing.SignatureReport.to_dict``)."""
     from efexport.exporter.verify import verify_package
 
+    if trust is not None and (trust.require_signature or trust.given):  # refused now, not after the parity run
+        try:
+            unsigned = not read_signature(source).present
+        except VerifyError as exc:
+            raise PublishRefused(f"{source}: does not verify: {exc}") from None
+        if unsigned:
+            why = "--require-signature" if trust.require_signature else \
+                f"a trusted signer is required ({trust.describe()})"
+            raise PublishRefused(f"{source}: does not verify: unsigned: no {SIGNATURE_FILE} in the package, and {why}")
     try:
         report = verify_package(source, threads, trust=trust)
     except VerifyError as exc:
@@ -819,8 +828,15 @@ def _switch_index(store: Store, plan: _Plan, force: bool) -> tuple[dict, dict | 
         index["packages"].setdefault(plan.model, {}).setdefault(plan.version, {})[plan.target] = listed[0]
         return index
 
-    index = _update_index(store, change)
-    return index, replaced[0], listed[0]
+    for _ in range(INDEX_ATTEMPTS):
+        index = _update_index(store, change)
+        # Read back, as every upload is: entries are never removed, so a missing one means the server let another
+        # conditional write through at the same moment (a compare-and-swap that is not atomic); list it again.
+        if _entry_of(read_index(store), plan.model, plan.version, plan.target) is not None:
+            return index, replaced[0], listed[0]
+    raise PublishError(f"{store.location}/{INDEX_KEY}: the entry for {plan.model} {plan.version} {plan.target} was "
+                       f"lost {INDEX_ATTEMPTS} times after the index was written (does the server honour "
+                       "conditional writes?); run publish again")
 
 
 def _remove_replaced(store: Store, old: dict, new: dict) -> None:

@@ -15,7 +15,7 @@ PACKAGES = ("exporter", "validate", "recipes", "benchmarks")  # folders; install
 
 # (importer prefix, forbidden imported prefix): validate holds the checks, below everything that runs the pipeline
 FORBIDDEN = [("validate", f"exporter.{above}") for above in (
-    "pipeline", "stages", "targets", "cli", "publish", "bench", "verify", "bundle", "model_card")]
+    "pipeline", "stages", "targets", "cli", "publish", "pull", "bench", "verify", "bundle", "model_card")]
 FORBIDDEN += [(package, "benchmarks") for package in ("exporter", "validate", "recipes")]  # not installed
 FORBIDDEN += [("exporter.models", f"exporter.{above}") for above in ("stages", "targets", "pipeline", "cli")]
 

@@ -190,6 +190,17 @@ def test_publish_refuses_unsigned_under_require_signature_and_a_signer_not_trust
     assert store.list_keys() == []
 
 
+def test_cli_publish_require_signature_refuses_an_unsigned_package_before_verifying(
+        packages: dict[str, Path], tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    refused = run_cli("publish", packages[UNSIGNED], "--to", registry, "--version", "2.0.0", "--allow-random-weights",
+                      "--require-signature", "--json")
+    assert refused.returncode == ExitCode.PUBLISH_REFUSED, refused.stderr
+    assert "unsigned: no model.sig in the package, and --require-signature" in " ".join(refused.stderr.split())
+    assert json.loads(refused.stdout)["exit_code"] == 10
+    assert not (registry / INDEX_KEY).exists()
+
+
 # ---------------------------------------------------------------------------------------------------- pull
 
 
