@@ -26,12 +26,32 @@ from efexport.exporter.quiet import quieted
 _QUANT_LOGGERS = ("root", "onnxruntime", "onnxruntime.quantization")
 
 
+# ONNX Runtime's calibrators keep every intermediate tensor of every input they are given at once: l7 with 64
+# inputs took more than 24 GiB and was killed. Fed in chunks (its CalibStridedMinMax option, which every
+# calibrator honours: min/max ranges are merged, histograms accumulated), the memory is that of one chunk.
+CALIBRATION_CHUNK = 8
+
+
+def calibration_stride(count: int) -> int:
+    """The largest chunk of at most ``CALIBRATION_CHUNK`` inputs that divides ``count`` (ONNX Runtime requires
+    equal chunks)."""
+    return max(size for size in range(1, min(count, CALIBRATION_CHUNK) + 1) if count % size == 0)
+
+
 class _Inputs:
-    """ONNX Runtime's CalibrationDataReader over a stack of inputs, one batch-1 feed at a time (a reader is
-    consumed once; the quantizer asks for a fresh one per calibration)."""
+    """ONNX Runtime's CalibrationDataReader over a stack of inputs, one batch-1 feed at a time, in the ranges
+    (chunks) the calibrator sets (a reader is consumed once; the quantizer asks for a fresh one per calibration)."""
 
     def __init__(self, name: str, inputs: np.ndarray) -> None:
-        self._feeds: Iterator[dict[str, np.ndarray]] = iter({name: inputs[i:i + 1]} for i in range(len(inputs)))
+        self._name, self._inputs = name, inputs
+        self._feeds: Iterator[dict[str, np.ndarray]] = iter(())
+        self.set_range(0, len(inputs))
+
+    def __len__(self) -> int:
+        return len(self._inputs)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._feeds = iter({self._name: self._inputs[i:i + 1]} for i in range(start_index, end_index))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)
@@ -88,7 +108,8 @@ class OnnxQuantizer:
                             quant_format=QuantFormat.QDQ, per_channel=self.per_channel,
                             activation_type=activation, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                             calibrate_method=method, calibration_cache_path=str(self.cache),
-                            extra_options={"ActivationSymmetric": self.symmetric_activations,
+                            extra_options={"CalibStridedMinMax": calibration_stride(len(self.calibration)),
+                                           "ActivationSymmetric": self.symmetric_activations,
                                            "WeightSymmetric": True,
                                            # TensorRT dequantizes int8 only: its biases stay float
                                            "QuantizeBias": not self.symmetric_activations})
