@@ -316,6 +316,9 @@ def sign_package(package_dir: Path, *, key: Path | None = None, password: str | 
                          "or neither")
     if certificate is None and certificate_chain:
         raise UsageError("--certificate-chain goes with --certificate")
+    if certificate is not None and not certificate_chain:  # model_signing 1.1.1 fails on an empty chain
+        raise UsageError("--certificate needs --certificate-chain: the certificates that issued it, up to the root "
+                         "(at least one)")
     problems = package_file_problems(package_dir)
     if problems:
         raise VerifyError(f"{package_dir}: will not sign a package whose files differ from its manifest: "
@@ -326,8 +329,12 @@ def sign_package(package_dir: Path, *, key: Path | None = None, password: str | 
     if key is not None:
         _load_private_key(key, password)  # clear errors before the library's
         if certificate is None:
-            config.use_elliptic_key_signer(private_key=key, password=password)
+            # model_signing 1.1.1 declares the password a str but hands it to cryptography, which takes bytes
+            config.use_elliptic_key_signer(private_key=key, password=password.encode() if password else None)
         else:
+            if password is not None:  # model_signing 1.1.1's certificate signer loads the key without one
+                raise SigningInputError(f"--key {key}: an encrypted key cannot sign with --certificate "
+                                        "(model_signing's certificate signer takes no password); decrypt it first")
             own = _load_certificates(certificate, "--certificate", SigningInputError)
             if not own:
                 raise SigningInputError(f"--certificate {certificate}: holds no certificate")
@@ -420,6 +427,13 @@ def _parse(data: bytes) -> _Parsed:
     if "publicKey" in material:
         hint = (material.get("publicKey") or {}).get("hint")
         kind, signer, issuer = SignatureKind.KEY, (f"sha256:{hint}" if hint else "unknown key (no key hint)"), None
+    elif "x509CertificateChain" in material and material.get("tlogEntries"):  # an older Sigstore bundle (v0.1/0.2)
+        try:
+            raw = material["x509CertificateChain"]["certificates"][0]["rawBytes"]
+            identity, issuer = _certificate_identity(base64.b64decode(raw))
+        except Exception as exc:
+            raise ValueError(f"unreadable Sigstore certificate: {type(exc).__name__}: {exc}") from None
+        kind, signer = SignatureKind.SIGSTORE, identity
     elif "x509CertificateChain" in material:
         try:
             raw = material["x509CertificateChain"]["certificates"][0]["rawBytes"]

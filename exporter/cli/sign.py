@@ -26,9 +26,10 @@ def sign_command(
     certificate: Annotated[Path | None, typer.Option("--certificate", show_default=False,
                                                      help="With --key: the key's X.509 signing certificate (PEM), "
                                                           "carried in the signature.")] = None,
-    certificate_chain: Annotated[list[Path] | None, typer.Option("--certificate-chain", show_default=False,
-                                                                 help="With --certificate: the certificates up "
-                                                                      "to the root (PEM; repeatable).")] = None,
+    certificate_chain: Annotated[list[Path] | None, typer.Option(
+        "--certificate-chain", show_default=False,
+        help="With --certificate (required): the certificates that issued it, up to the root (PEM; "
+             "repeatable).")] = None,
     sigstore: Annotated[bool, typer.Option("--sigstore", help="Keyless signing with Sigstore for an OIDC "
                                                               "identity (GitHub Actions' with `id-token: write`, "
                                                               "else a browser login); needs the network.")] = False,
