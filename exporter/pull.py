@@ -71,6 +71,9 @@ class PullResult:
 def resolve(index: dict, location: str, model: str, version: str, target: str) -> tuple[str, dict]:
     """(version, index entry) of ``model``/``version``/``target``; NotInRegistry naming what exists otherwise."""
     packages = index["packages"]
+    if not isinstance(packages.get(model, {}), dict) or \
+            not all(isinstance(e, dict) for e in packages.get(model, {}).values()):
+        raise PublishError(f"{location}: the index's entry for {model} is malformed")
     if model not in packages:
         held = ", ".join(sorted(packages)) or "nothing yet"
         raise NotInRegistry(f"{location}: no model {model!r}; the registry holds: {held}")
@@ -89,11 +92,22 @@ def resolve(index: dict, location: str, model: str, version: str, target: str) -
     if target not in entries:
         raise NotInRegistry(f"{location}: {model} {version} has no target {target!r}; available: "
                             f"{', '.join(sorted(entries)) or 'none'}")
+    if not isinstance(entries[target], dict):
+        raise PublishError(f"{location}: the index's entry for {model} {version} {target} is malformed")
     return version, entries[target]
 
 
+def _key(value: object, where: str) -> str:
+    """A key the index names, as a relative path inside the registry (a malformed index must not make pull read
+    elsewhere)."""
+    parts = PurePosixPath(str(value)).parts
+    if not isinstance(value, str) or not parts or value.startswith("/") or "\\" in value or ".." in parts:
+        raise PublishError(f"{where}: the index names {value!r}, which is not a key inside the registry")
+    return value
+
+
 def _package_name(entry: dict, where: str) -> str:
-    name = PurePosixPath(str(entry.get("bundle", ""))).name.removesuffix(BUNDLE_SUFFIX)
+    name = PurePosixPath(_key(entry.get("bundle"), where)).name.removesuffix(BUNDLE_SUFFIX)
     if not SEGMENT.fullmatch(name) or not str(entry.get("bundle", "")).endswith(BUNDLE_SUFFIX):
         raise PublishError(f"{where}: the index entry names no usable bundle ({entry.get('bundle')!r})")
     if not isinstance(entry.get("sha256"), str) or len(entry["sha256"]) != 64:
@@ -116,6 +130,7 @@ def _download(store: Store, entry: dict, into: Path, where: str) -> Path:
                           f"{entry['sha256'][:16]} (the bundle was modified or damaged); refused")
     checksum_key = entry.get("checksum_file")
     if checksum_key:
+        checksum_key = _key(checksum_key, f"{store.location}: {where}")
         line = store.read(checksum_key)
         if line is None:
             raise VerifyError(f"{store.location}/{checksum_key}: the bundle's checksum object is missing; refused")
@@ -149,7 +164,7 @@ def _registry_provenance(store: Store, entry: dict, package: Path, scratch: Path
     record = (entry.get("evidence") or {}).get(PROVENANCE_FILE)
     if not isinstance(record, dict) or not record.get("key"):
         return None
-    key = record["key"]
+    key = _key(record["key"], store.location)
     local = scratch / PROVENANCE_FILE
     if not store.get_file(key, local):
         raise PublishError(f"{store.location}/{key}: listed as evidence but missing from the registry")
