@@ -211,6 +211,13 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
     final = artifact_dir(request.out_dir, loaded.package_name, recipe.target, recipe.precision)
     check_destination(final, request.force)
     image_size = recipe.export.image_size
+    calibrated = None  # first: calibration data the user got wrong fails before fold and capture take their time
+    if PRECISIONS[recipe.precision].needs_calibration:
+        with reporter.stage("calibrate", "calibration and held-out inputs, PyTorch outputs on the held-out ones"):
+            calibrated = _calibrate(request, loaded, recipe)
+        if calibrated.inputs.synthetic:
+            reporter.note(f"[yellow]warning:[/] no --calibration data: {recipe.precision} is calibrated on "
+                          "synthetic picture-like inputs; the package is marked not deployable")
 
     with reporter.stage("reference", "PyTorch outputs on the reference inputs"):
         reference = shared.reference(loaded, recipe)
@@ -223,14 +230,7 @@ def run_export(request: ExportRequest, reporter: StageReporter, shared: SharedIn
     if precision_stage is not None:  # e.g. a quantize stage: the target exports what it returns
         with reporter.stage("precision", f"{recipe.precision}: {precision_stage.__name__}"):
             captured = precision_stage(captured, recipe)
-
-    calibrated = None
-    if PRECISIONS[recipe.precision].needs_calibration:
-        with reporter.stage("calibrate", "calibration and held-out inputs, PyTorch outputs on the held-out ones"):
-            calibrated = _calibrate(request, loaded, recipe)
-        if calibrated.inputs.synthetic:
-            reporter.note(f"[yellow]warning:[/] no --calibration data: {recipe.precision} is calibrated on "
-                          "synthetic picture-like inputs; the package is marked not deployable")
+    if calibrated is not None:  # the held-out gate inputs are the validate stage's reference
         reference = calibrated.gate
 
     with staged_output(final, request.force) as staging:
