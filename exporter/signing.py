@@ -346,8 +346,12 @@ def sign_package(package_dir: Path, *, key: Path | None = None, password: str | 
             except ValueError as exc:  # the certificate is not the key's
                 raise SigningInputError(f"--certificate {certificate}: {exc}") from None
     else:
-        config.use_sigstore_signer(use_ambient_credentials=identity_token is None, identity_token=identity_token,
-                                   use_staging=staging)
+        try:  # fetches Sigstore's trust configuration: the network
+            config.use_sigstore_signer(use_ambient_credentials=identity_token is None,
+                                       identity_token=identity_token, use_staging=staging)
+        except Exception as exc:
+            raise SigningError(f"Sigstore signing cannot start (it needs the network): {type(exc).__name__}: "
+                               f"{exc}") from None
     with tempfile.TemporaryDirectory(prefix="efexport-sign-") as scratch:
         written = Path(scratch) / SIGNATURE_FILE  # outside the package: nothing half-written is hashed or left
         try:
@@ -620,8 +624,12 @@ def _verify_trusted(package_dir: Path, parsed: _Parsed, trust: Trust) -> tuple[s
         if (parsed.signer, parsed.issuer) != (trust.identity, trust.issuer):
             return None, (f"{SIGNATURE_FILE}: signed by {parsed.signer} ({parsed.issuer}), not by the trusted "
                           f"{trust.identity} ({trust.issuer})")
-        config = model_signing.verifying.Config().use_sigstore_verifier(identity=trust.identity,
-                                                                        oidc_issuer=trust.issuer)
+        try:  # fetches Sigstore's trust root: the network
+            config = model_signing.verifying.Config().use_sigstore_verifier(identity=trust.identity,
+                                                                            oidc_issuer=trust.issuer)
+        except Exception as exc:
+            return None, (f"{SIGNATURE_FILE}: cannot verify a keyless signature here (Sigstore's trust root needs "
+                          f"the network): {type(exc).__name__}: {exc}")
         why = _library_verify(config, package_dir)
         trusted_by = f"identity {trust.identity} at {trust.issuer}"
     else:

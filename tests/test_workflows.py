@@ -328,11 +328,58 @@ def test_publish_job_needs_every_other_job():
 
 
 def test_only_the_publish_job_can_write():
+    """Write access to the repository: the publish job only. ``id-token: write`` is not (it lets a job ask for its
+    OIDC token, which Sigstore keyless signing needs) and is given to exactly the jobs that sign."""
     workflow = load(PUBLISH)
     assert workflow.get("permissions") == {"contents": "read"}
     writers = {job_id for job_id, job in jobs(PUBLISH).items()
-               if "write" in (job.get("permissions") or {}).values() or job.get("permissions") == "write-all"}
+               if "write" in {scope: level for scope, level in (job.get("permissions") or {}).items()
+                              if scope != "id-token"}.values() or job.get("permissions") == "write-all"}
     assert writers == {"publish"}, writers
+    signers = {c.job for c in efexport_calls(PUBLISH) if c.subcommand == "sign"}
+    with_token = {job_id for job_id, job in jobs(PUBLISH).items()
+                  if (job.get("permissions") or {}).get("id-token") == "write"}
+    assert with_token == signers, (with_token, signers)
+
+
+
+def _calls_in_order(job: str) -> list[Call]:
+    return [c for c in efexport_calls(PUBLISH) if c.job == job]
+
+
+def test_every_package_gets_provenance_then_a_keyless_signature_in_the_job_that_builds_it():
+    """Each job that exports writes the provenance statement, then signs with Sigstore (so the signature covers the
+    statement), then bundles; and its verify requires the signature of this workflow's identity."""
+    from efexport.exporter.targets import TARGETS
+
+    builders = {c.job for c in efexport_calls(PUBLISH) if c.subcommand in {"all", *TARGETS}}
+    assert builders == {"build-linux", "tensorrt-gpu"}, builders
+    for job in builders:
+        order = [c.subcommand for c in _calls_in_order(job)]
+        assert "provenance" in order and "sign" in order and "bundle" in order, (job, order)
+        assert order.index("provenance") < order.index("sign") < order.index("bundle"), (job, order)
+        signs = [c for c in _calls_in_order(job) if c.subcommand == "sign"]
+        assert all("--sigstore" in c.args for c in signs), [str(c) for c in signs]
+        provenance = [c for c in _calls_in_order(job) if c.subcommand == "provenance"]
+        assert all("--checkpoint-url" in c.args for c in provenance), [str(c) for c in provenance]
+    env = load(PUBLISH).get("env") or {}
+    assert env.get("SIGNER_ISSUER") == "https://token.actions.githubusercontent.com"
+    assert "github.workflow_ref" in str(env.get("SIGNER_IDENTITY")), "the signer must be this workflow's identity"
+    verifies = [c for c in efexport_calls(PUBLISH) if c.subcommand == "verify"]
+    assert verifies
+    for call in verifies:
+        assert "--require-signature" in call.args, str(call)
+        assert '--identity "$SIGNER_IDENTITY"' in call.args and '--issuer "$SIGNER_ISSUER"' in call.args, str(call)
+
+
+def test_publish_requires_the_signature_and_attaches_the_provenance():
+    publishes = [c for c in efexport_calls(PUBLISH) if c.subcommand == "publish"]
+    assert publishes
+    for call in publishes:
+        assert "--require-signature" in call.args, str(call)
+        assert '--identity "$SIGNER_IDENTITY"' in call.args and '--issuer "$SIGNER_ISSUER"' in call.args, str(call)
+    publish_job = "\n".join(shell_text(step["run"]) for job, _, step in run_steps(load(PUBLISH)) if job == "publish")
+    assert re.search(r"--evidence\s+\S*provenance\.intoto\.json", publish_job), "provenance is not attached"
 
 
 def _tensorrt_calls() -> list[Call]:
