@@ -15,7 +15,11 @@ PACKAGES = ("exporter", "validate", "recipes", "benchmarks")  # folders; install
 
 # (importer prefix, forbidden imported prefix): validate holds the checks, below everything that runs the pipeline
 FORBIDDEN = [("validate", f"exporter.{above}") for above in (
-    "pipeline", "stages", "targets", "cli", "publish", "pull", "bench", "verify", "bundle", "model_card")]
+    "pipeline", "stages", "targets", "cli", "publish", "pull", "bench", "verify", "bundle", "model_card", "signing",
+    "provenance")]
+# signing sits under bundle: bundles carry the signature, and the signature reads bundles without extracting them
+FORBIDDEN += [("exporter.signing", f"exporter.{above}") for above in ("bundle", "verify", "publish", "pull",
+                                                                       "provenance", "pipeline", "cli")]
 FORBIDDEN += [(package, "benchmarks") for package in ("exporter", "validate", "recipes")]  # not installed
 FORBIDDEN += [("exporter.models", f"exporter.{above}") for above in ("stages", "targets", "pipeline", "cli")]
 
