@@ -23,9 +23,10 @@ from efexport.exporter.errors import EfexportError, ExitCode
 from efexport.exporter.evaluate import ClassNames, EvaluateRequest, evaluate_package, labelled_images
 from efexport.exporter.images import load_images
 from efexport.exporter.labels import IMAGENET_1K, read_labels
-from efexport.exporter.manifest import MANIFEST_FILE, sha256_of
+from efexport.exporter.manifest import MANIFEST_FILE, file_table, metadata_entries, sha256_of
 from efexport.exporter.manifest_schema import load_manifest
 from efexport.exporter.preprocessing import IMAGENET
+from efexport.exporter.targets import TARGETS
 from tests.helpers import realistic_model, run_cli, timm_state_dict
 from tests.packages import exported_package
 
@@ -79,8 +80,8 @@ def _class_folders(root: Path, ranked: dict[str, np.ndarray]) -> Path:
 
 def _as_checkpoint_package(package: Path, where: Path) -> tuple[Path, Path]:
     """A copy of ``package`` whose manifest says it was exported from a checkpoint, and that checkpoint: the
-    package's own weights (seed 0) in timm's layout. manifest.json is not in its own file table, so the copy
-    still passes the file check."""
+    package's own weights (seed 0) in timm's layout. The model's own metadata says so too, as an export from the
+    checkpoint would have written it (verify checks the manifest against it), and the file table follows."""
     copy = where / package.name
     shutil.copytree(package, copy)
     checkpoint = where / "efficientformer_l1.safetensors"
@@ -88,6 +89,8 @@ def _as_checkpoint_package(package: Path, where: Path) -> tuple[Path, Path]:
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
     manifest["weights"] = {"source": "checkpoint", "file": checkpoint.name, "sha256": sha256_of(checkpoint),
                            "format": "safetensors", "layout": "timm"}
+    TARGETS["onnx"].load().embed_metadata(copy / manifest["target"]["model_file"], metadata_entries(manifest))
+    manifest["files"] = file_table(copy)
     (copy / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return copy, checkpoint
 
