@@ -583,6 +583,9 @@ def check_signature(package_dir: Path, trust: Trust = Trust()) -> SignatureRepor
     one of the trusted keys, the Sigstore identity and issuer, or the certificate chain). A signature that does
     not match the trust given is a problem naming the signer."""
     package_dir = Path(package_dir)
+    if not package_dir.is_dir():
+        raise VerifyError(f"{package_dir}: not a package directory (a bundle is checked by verify_package, which "
+                          "extracts it first; read_signature reads who signed it)")
     data = _signature_bytes(package_dir)
     if data is None:
         if trust.require_signature or trust.given:
@@ -598,11 +601,14 @@ def check_signature(package_dir: Path, trust: Trust = Trust()) -> SignatureRepor
     if set(parsed.ignored) - {SIGNATURE_FILE}:
         problems.append(f"{SIGNATURE_FILE}: leaves out {', '.join(sorted(set(parsed.ignored) - {SIGNATURE_FILE}))}; "
                         f"an efexport signature covers every file but {SIGNATURE_FILE}")
-    problems += file_problems(package_dir, parsed.digests)
+    changed = file_problems(package_dir, parsed.digests)
+    problems += changed
     trusted_by = None
     if trust.given:
         trusted_by, problem = _verify_trusted(package_dir, parsed, trust)
-        if problem and problem != "files differ from the signature":
+        if problem == "files differ from the signature":  # model_signing's manifest diff: ``changed`` names them
+            problem = None if changed else f"{SIGNATURE_FILE}: model_signing finds files that differ from it"
+        if problem:
             problems.append(problem)
     verified = trusted_by is not None and not problems
     return SignatureReport(True, parsed.kind, parsed.signer, parsed.issuer, verified, trusted_by,

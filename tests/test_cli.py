@@ -89,7 +89,14 @@ def test_help_texts() -> None:
     for flag in ("--variant", "--weights", "--seed", "--out", "--recipe", "--opset", "--dynamic-batch", "--force",
                  "--quiet", "--json"):
         assert flag in onnx_help.stdout
-    assert run_cli("verify", "--help").returncode == 0
+    verify_help = run_cli("verify", "--help")
+    assert verify_help.returncode == 0
+    for flag in ("--trusted-key", "--identity", "--issuer", "--certificate-chain", "--require-signature"):
+        assert flag in verify_help.stdout
+    sign_help = run_cli("sign", "--help")
+    for flag in ("--key", "--password-env", "--certificate", "--certificate-chain", "--sigstore", "--json"):
+        assert flag in sign_help.stdout
+    assert "--checkpoint-url" in run_cli("provenance", "--help").stdout
 
 
 def test_variants_lists_published_sizes() -> None:
