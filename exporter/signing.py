@@ -34,6 +34,9 @@ Public API (what verify, bundle, publish and pull use)::
     key_fingerprint(public_key_pem: Path) -> str        "sha256:..." as ``SignatureReport.signer`` names a key
     package_file_problems(package_dir) -> list[str]    files that differ from the manifest (sign refuses them)
 
+The whole check of a package directory or bundle with trust options is ``exporter.verify.verify_package(path,
+threads, latency, trust)``: its report's ``signature`` is ``check_signature``'s ``to_dict()``.
+
 Who signed (``signer``), readable without any trust material: for a key, ``sha256:<hex>``, the sha256 of the
 public key's PEM SubjectPublicKeyInfo (the key hint model_signing records in the signature, so the one
 fingerprint that can be read back without the key; ``sha256sum PUB.pem`` of a standard PEM file gives the same
@@ -43,6 +46,12 @@ alternative name: a workflow URL or an e-mail address) and OIDC issuer. Without 
 but nothing proves who made it. With trust (``Trust``) the signature must verify: with one of the trusted
 public keys, for the identity and issuer (Sigstore's public-good instance, so the network), or up to the
 certificate chain. A bundle's folder name plays no part: model_signing compares files, not the model's name.
+
+The verdict on a trusted signature is model_signing's own (``verifying.Config().verify``: the signature, then its
+manifest against the files hashed again); its mismatch message names files as bytes reprs, so the files are named
+from efexport's comparison of the signed digests with the files (``file_problems``), which also runs without
+trust. Why not the DER SubjectPublicKeyInfo's sha256 as a key's fingerprint: a key signature carries only
+model_signing's hint (sha256 of the PEM form), so a DER fingerprint could not be read without the key.
 """
 
 from __future__ import annotations
