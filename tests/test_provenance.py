@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,10 @@ def test_written_before_signing_and_covered_by_the_signature(package: Path, tmp_
                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
     write_provenance(package)
     assert sign_package(package, key=private).covered == len(list(package.iterdir())) - 1
+    reference = subprocess.run([sys.executable, "-m", "model_signing", "verify", "key", str(package), "--signature",
+                                str(package / SIGNATURE_FILE), "--public_key", str(public)],
+                               capture_output=True, text=True, timeout=120)
+    assert reference.returncode == 0, reference.stderr  # the statement is signed: nothing else needs ignoring
     result = run_cli("provenance", package)  # after signing: refused, the signature would not cover it
     assert result.returncode == ExitCode.USAGE and "signed already" in result.stderr
     statement = json.loads((package / PROVENANCE_FILE).read_text())
