@@ -13,8 +13,9 @@ from efexport.exporter.models import variant_choices
 from efexport.exporter.passes import PASS_NAMES
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 ok, 2 usage, 3 bad input (checkpoint, recipe, option values), 4 output exists or is not "
-    "writable, 5 parity gate failed, 6 verification failed, 7 a wrapped tool failed in a stage, 8 TensorRT: "
+    "Exit codes: 0 ok, 2 usage, 3 bad input (checkpoint, recipe, option values, signing key), 4 output exists or "
+    "is not writable, 5 parity gate failed, 6 verification failed (files, signature, provenance), 7 a wrapped tool "
+    "failed in a stage (Sigstore signing included), 8 TensorRT: "
     "portable half written but no engine built here, 9 TensorRT --require-engine: no engine possible here, "
     "10 publish refused (does not verify, gates, random weights, version taken), 11 registry failed (publish or "
     "pull: unreachable, denied, upload did not verify), 12 pull: not in the registry (model, version or target), "
