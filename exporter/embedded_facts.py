@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path, PurePosixPath
 
-from efexport.exporter.manifest import VOLATILE_ENTRIES, EmbeddedEntries, entry_value, metadata_entries
+from efexport.exporter.manifest import VOLATILE_ENTRIES, EmbeddedEntries, entry_value
 from efexport.exporter.manifest_model import Manifest, ManifestFacts, dump_manifest, not_deployable_reasons
 from efexport.exporter.targets import TARGETS
 
@@ -44,15 +44,12 @@ def embedded_fact_problems(directory: Path, manifest: Manifest) -> list[str]:
         return []  # verify reports the path or the missing file
     try:
         sources: list[EmbeddedEntries] = TARGETS[manifest.target.format].embedded_entries(directory, model_file)
-    except (OSError, ValueError) as exc:  # ValueError: not well-formed (protobuf, JSON, UTF-8), a key given twice
+        stated = dump_manifest(manifest)
+        problems = [problem for source in sources for problem in _source_problems(source, stated)]
+        return problems + _deployable_problems(sources, manifest)
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not well-formed, or a key given twice
         return [f"embedded facts: cannot read the facts {model_file} carries, so the manifest cannot be checked "
                 f"against it: {type(exc).__name__}: {exc}"]
-    stated = dump_manifest(manifest)
-    problems = []
-    for source in sources:
-        problems += _source_problems(source, stated)
-    problems += _deployable_problems(sources, manifest)
-    return problems
 
 
 def _source_problems(source: EmbeddedEntries, stated: dict) -> list[str]:
@@ -61,7 +58,7 @@ def _source_problems(source: EmbeddedEntries, stated: dict) -> list[str]:
     if source.complete and not carried:
         return [f"embedded facts: {source.where} carries none of efexport's facts (removed?), so the manifest "
                 f"cannot be checked against the model"]
-    expected = {key.removeprefix(PREFIX) for key in metadata_entries(stated)} & set(FACTS)
+    expected = {key for key in stated if key in FACTS}  # what model_file_entries wrote into the model
     differences = []
     facts = [*carried, *(expected - set(carried) if source.complete else ())]
     for fact in sorted(facts, key=lambda fact: (FACTS.index(fact.split(".")[0]), fact)):  # the manifest's order

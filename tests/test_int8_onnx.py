@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 import pytest
 
+from efexport.exporter.embedded_facts import embedded_fact_problems
+from efexport.exporter.manifest_schema import typed_or_problems
 from efexport.exporter.node_groups import onnx_node_group as node_group
 from tests.helpers import edited_recipe, run_cli
 from tests.test_calibration import photo_crops
@@ -138,6 +140,18 @@ def test_synthetic_calibration_warns_and_is_not_deployable(tmp_path: Path) -> No
     assert quantization["float_groups"] == ["stem", "head"]  # kept by the recipe, the rest quantized
     assert quantization["sensitivity"] == [] and len(quantization["tradeoff"]) == 1
     assert any("synthetic" in reason for reason in manifest["package"]["not_deployable_because"])
+    # a manifest edited to say real calibration data, checkpoint weights and deployable: the model's own facts
+    # say synthetic (exporter/embedded_facts.py derives package.deployable again from them)
+    manifest["quantization"]["calibration"]["synthetic"] = False
+    manifest["weights"] = {"source": "checkpoint", "file": "l1.pth", "sha256": "ab" * 32, "format": "pth",
+                           "layout": "upstream"}
+    manifest["package"] |= {"deployable": True, "not_deployable_because": []}
+    typed, schema = typed_or_problems(manifest)
+    assert typed is not None, schema
+    problems = embedded_fact_problems(tmp_path / "out" / "efficientformer-l1" / "onnx-int8", typed)
+    assert any(p.startswith("manifest vs model: quantization.calibration.synthetic: manifest.json says false")
+               for p in problems), problems
+    assert any("make it not deployable" in p and "calibrated on synthetic inputs" in p for p in problems), problems
 
 
 def test_calibration_data_is_for_integer_precisions_only(tmp_path: Path) -> None:
