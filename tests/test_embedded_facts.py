@@ -24,6 +24,7 @@ from efexport.exporter.errors import ExitCode
 from efexport.exporter.manifest import MANIFEST_FILE
 from efexport.exporter.manifest_model import Manifest
 from efexport.exporter.manifest_schema import typed_or_problems
+from efexport.exporter.targets import TARGETS as TARGETS_BY_NAME
 from efexport.exporter.verify import verify_package
 from tests.helpers import run_cli
 from tests.packages import TARGETS, exported_package
@@ -94,6 +95,23 @@ def naming(problems: list[str] | tuple[str, ...], fact: str) -> list[str]:
 def test_an_untouched_package_agrees_with_its_model(target: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     path, manifest = exported_package(target, tmp_path_factory)
     assert embedded_fact_problems(path, typed(manifest)) == []
+
+
+@pytest.mark.parametrize("target", ["onnx", "coreml"])
+def test_the_wire_reader_reads_what_the_libraries_read(target: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The protobuf bytes read without onnx or coremltools give the entries the libraries give."""
+    path, manifest = exported_package(target, tmp_path_factory)
+    model = path / manifest["target"]["model_file"]
+    if target == "onnx":
+        expected = {p.key: p.value for p in onnx.load(model, load_external_data=False).metadata_props}
+    else:
+        from efexport.exporter.targets.coreml.convert import read_metadata
+
+        expected = {k: v for k, v in read_metadata(model).items() if k not in ("author", "license", "version",
+                                                                                "description")}
+    (source,) = TARGETS_BY_NAME[target].embedded_entries(path, manifest["target"]["model_file"])
+    assert source.entries == expected
+    assert "efexport.weights" in expected
 
 
 @pytest.mark.parametrize("case", EDITS)
