@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING
 
 from efexport.exporter.bundle import BUNDLE_SUFFIX, opened_bundle
 from efexport.exporter.errors import NotInRegistry, OutputError, PublishError, VerifyError
-from efexport.exporter.manifest import MANIFEST_FILE, file_table, sha256_of
+from efexport.exporter.manifest import MANIFEST_FILE, sha256_of
 from efexport.exporter.output import staged_output
 from efexport.exporter.provenance import read_statement
 from efexport.exporter.publish import SEGMENT, Store, read_index, version_order
-from efexport.exporter.signing import PROVENANCE_FILE, SIGNATURE_FILE, Trust, check_signature
+from efexport.exporter.signing import PROVENANCE_FILE, Trust, check_signature
 
 if TYPE_CHECKING:
     from efexport.exporter.verify import VerifyReport
@@ -174,7 +174,7 @@ def _registry_provenance(store: Store, entry: dict, package: Path, scratch: Path
         statement = read_statement(local)
     except (ValueError, OSError) as exc:
         return {"source": "registry", "key": key, "present": True, "problems": [f"{key}: {exc}"]}
-    files = {name: item["sha256"] for name, item in file_table(package).items() if name != SIGNATURE_FILE}
+    files = _digests(package)
     subjects = {s.name: s.digest.get("sha256") for s in statement.subject if s.name is not None}
     problems = [f"{key}: subject {name}: not this package's file (sha256 differs or no such file)"
                 for name, digest in subjects.items() if files.get(name) != digest]
@@ -209,7 +209,12 @@ def _verify_summary(report: VerifyReport) -> dict:
             "not_checked_here": dict(report.not_checked_here)}
 
 
-def _copy_checked(package: Path, staging: Path, verified: dict[str, dict]) -> None:
+def _digests(directory: Path) -> dict[str, str]:
+    """sha256 of every file under ``directory`` (the manifest, signature and statement included), by path."""
+    return {p.relative_to(directory).as_posix(): sha256_of(p) for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _copy_checked(package: Path, staging: Path, verified: dict[str, str]) -> None:
     """Copy the verified package into the staging folder, then check the copy file by file."""
     for path in sorted(package.rglob("*")):
         target = staging / path.relative_to(package)
@@ -218,7 +223,7 @@ def _copy_checked(package: Path, staging: Path, verified: dict[str, dict]) -> No
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
-    if file_table(staging) != verified:
+    if _digests(staging) != verified:
         raise VerifyError(f"{staging}: the copy differs from the verified package; refused")
 
 
@@ -256,7 +261,7 @@ def pull(store: Store, model: str, version: str, target: str, out_dir: Path, *, 
             if report.package.get("name") != name:
                 raise VerifyError(f"{store.location}/{entry['bundle']}: the manifest names the package "
                                   f"{report.package.get('name')!r}, not {name!r}; refused")
-            verified = file_table(package)
+            verified = _digests(package)
             existed = final.exists()
             with staged_output(final, force) as staging:
                 _copy_checked(package, staging, verified)

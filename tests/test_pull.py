@@ -1,9 +1,9 @@
 """efexport pull: from a directory registry and from moto's S3 server (loopback), with signatures.
 
-The session's l1 ONNX package is published twice per registry: unsigned as 1.0.0, and (with a provenance
-statement, signed with a key generated here) as 1.1.0. Each package is verified for real once (publish's
-verification is cached per package and trust), every pull verifies for real. Refusals are checked for their
-message, their exit code, and that nothing at all was left in the output folder.
+The session's l1 ONNX package is published unsigned as 1.0.0 and (with a provenance statement, signed with a key
+generated here) as 1.1.0 to a directory registry; the signed one also to S3. Each package is verified for real
+once (publish's verification is cached per package and trust), every pull verifies for real. Refusals are checked
+for their message, their exit code, and that nothing at all was left in the output folder.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from efexport.exporter.errors import ExitCode, NotInRegistry, OutputError, PublishRefused, VerifyError
-from efexport.exporter.manifest import file_table, sha256_of
+from efexport.exporter.manifest import sha256_of
 from efexport.exporter.provenance import write_provenance
 from efexport.exporter.publish import INDEX_KEY, LocalStore, S3Store, Store, open_store, publish, read_index
 from efexport.exporter.pull import PullResult, Trust, pull
-from efexport.exporter.signing import SIGNATURE_FILE, key_fingerprint, sign_package
+from efexport.exporter.signing import PROVENANCE_FILE, SIGNATURE_FILE, key_fingerprint, sign_package
 from tests.helpers import run_cli
 from tests.packages import exported_package
 from tests.s3server import BUCKET, aws_test_env, moto_server
@@ -83,16 +83,21 @@ def cached_verify() -> Iterator[None]:
         yield
 
 
-def _publish_both(store: Store, packages: dict[str, Path], keys: dict[str, Path]) -> None:
-    publish(packages[UNSIGNED], store, UNSIGNED, allow_random_weights=True)
-    publish(packages[SIGNED], store, SIGNED, allow_random_weights=True, trust=Trust(trusted_keys=(keys["trusted"],)))
+def _publish(store: Store, packages: dict[str, Path], keys: dict[str, Path], versions: tuple[str, ...]) -> None:
+    if UNSIGNED in versions:
+        publish(packages[UNSIGNED], store, UNSIGNED, allow_random_weights=True)
+    evidence = packages[SIGNED].parent / "evidence" / PROVENANCE_FILE  # the statement, also as registry evidence
+    evidence.parent.mkdir(exist_ok=True)
+    shutil.copyfile(packages[SIGNED] / PROVENANCE_FILE, evidence)
+    publish(packages[SIGNED], store, SIGNED, allow_random_weights=True, trust=Trust(trusted_keys=(keys["trusted"],)),
+            evidence=[evidence])
 
 
 @pytest.fixture(scope="module")
 def dir_registry(tmp_path_factory: pytest.TempPathFactory, packages: dict[str, Path], keys: dict[str, Path],
                  cached_verify: None) -> Path:
     root = tmp_path_factory.mktemp("registry") / "registry"
-    _publish_both(open_store(str(root)), packages, keys)
+    _publish(open_store(str(root)), packages, keys, (UNSIGNED, SIGNED))
     return root
 
 
@@ -104,7 +109,7 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def s3_registry(s3_endpoint: str, packages: dict[str, Path], keys: dict[str, Path], cached_verify: None) -> str:
-    _publish_both(S3Store(BUCKET, "pull", s3_endpoint), packages, keys)
+    _publish(S3Store(BUCKET, "pull", s3_endpoint), packages, keys, (SIGNED,))  # the signed one: what S3 adds
     return s3_endpoint
 
 
@@ -122,6 +127,11 @@ def registry(request: pytest.FixtureRequest) -> Callable[[], Store]:
 def scratch_registry(dir_registry: Path, tmp_path: Path) -> Path:
     """A copy of the directory registry this test may damage."""
     return shutil.copytree(dir_registry, tmp_path / "registry")
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    """Every file under ``directory`` (manifest, signature and statement included) and its sha256."""
+    return {p.relative_to(directory).as_posix(): sha256_of(p) for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def _entry(store: Store, version: str) -> dict:
@@ -212,13 +222,14 @@ def test_pull_latest_signed_with_the_trusted_key(registry: Callable[[], Store], 
     assert (result.status, result.version, result.requested_version) == ("pulled", SIGNED, "latest")
     installed = out / NAME
     assert result.path == str(installed) and sorted(p.name for p in out.iterdir()) == [NAME]  # no staging left
-    assert file_table(installed) == file_table(packages[SIGNED])  # complete, byte for byte, signature included
+    assert _digests(installed) == _digests(packages[SIGNED])  # complete, byte for byte, signature included
     fingerprint = key_fingerprint(keys["trusted"])
     assert result.signature["status"] == "verified" and result.signature["signer"] == fingerprint
     assert result.signature["trusted_by"] == fingerprint
-    (statement,) = result.provenance
-    assert statement["source"] == "package" and statement["problems"] == []
-    assert statement["builder"] == "https://ci.example.org/runs/1" and statement["inputs"]["variant"] == "l1"
+    assert [statement["source"] for statement in result.provenance] == ["package", "registry"]
+    for statement in result.provenance:  # the package's own, and the registry's evidence copy of it
+        assert statement["problems"] == [] and statement["builder"] == "https://ci.example.org/runs/1"
+        assert statement["inputs"]["variant"] == "l1"
     assert result.verify["passed"] and result.verify["parity"]["passed"]
 
 
@@ -232,7 +243,7 @@ def test_pull_unsigned_without_trust_then_force_replaces(dir_registry: Path, pac
         pull(store, MODEL, UNSIGNED, TARGET, out)
     result = pull(store, MODEL, UNSIGNED, TARGET, out, force=True)
     assert result.status == "replaced" and result.signature["status"] == "unsigned" and result.provenance == []
-    assert file_table(out / NAME) == file_table(packages[UNSIGNED])
+    assert _digests(out / NAME) == _digests(packages[UNSIGNED])
     assert sorted(p.name for p in out.iterdir()) == [NAME]
 
 
@@ -284,10 +295,10 @@ def test_a_consistent_forgery_is_refused_by_the_signature_or_by_verify(scratch_r
     _nothing_left(out, {"keep.txt"})
 
 
-def test_signature_required_or_from_another_key_is_refused(registry: Callable[[], Store], keys: dict[str, Path],
+def test_signature_required_or_from_another_key_is_refused(dir_registry: Path, keys: dict[str, Path],
                                                            tmp_path: Path) -> None:
     out = tmp_path / "models"
-    store = registry()
+    store = LocalStore(dir_registry)
     with pytest.raises(VerifyError, match=r"unsigned: no model\.sig in the package, and --require-signature"):
         pull(store, MODEL, UNSIGNED, TARGET, out, trust=Trust(require_signature=True))
     with pytest.raises(VerifyError, match=r"unsigned: .*a trusted signer is required"):
@@ -332,12 +343,13 @@ def test_cli_pull_json_and_refusals(dir_registry: Path, keys: dict[str, Path], t
                            "bundle", "published_at", "signature", "provenance", "verify"}
     assert (result["status"], result["version"], result["path"]) == ("pulled", SIGNED, str(out / NAME))
     assert result["signature"]["status"] == "verified"
-    assert result["provenance"][0]["source"] == "package"
+    assert [statement["source"] for statement in result["provenance"]] == ["package", "registry"]
     assert set(result["verify"]) == {"passed", "files_checked", "parity", "runtime_parity", "not_checked_here"}
     stderr = " ".join(done.stderr.split())
     assert f"pulled {MODEL} {SIGNED} (latest) {TARGET}" in stderr
     assert f"signature: key {key_fingerprint(keys['trusted'])}: verified" in stderr
-    assert "provenance (package): builder" in stderr
+    assert "provenance (package): builder https://ci.example.org/runs/1" in stderr
+    assert "provenance (registry): builder https://ci.example.org/runs/1" in stderr
 
     refused = run_cli("pull", dir_registry, MODEL, "--version", "3.0.0", "--target", TARGET, "--out",
                       tmp_path / "other", "--json")
