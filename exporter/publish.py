@@ -46,9 +46,11 @@ import functools
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -72,7 +74,7 @@ INDEX_SCHEMA = "efexport.registry-index/1"
 LOCK_FILE = ".index.lock"
 EVIDENCE_DIR = "evidence"
 FOLDER_DIGITS = 16
-INDEX_ATTEMPTS = 5
+INDEX_ATTEMPTS = 20  # each lost swap means another publisher listed its entry: with N at once, N - 1 retries
 CONNECT_TIMEOUT_ENV = "EFEXPORT_S3_CONNECT_TIMEOUT"
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 SEGMENT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]*$")
@@ -700,7 +702,9 @@ def _dump_index(index: dict) -> bytes:
 
 def _update_index(store: Store, change: Callable[[dict], dict | None]) -> dict:
     """Read-modify-write with compare-and-swap; ``change`` returns the new index, or None to write nothing."""
-    for _ in range(INDEX_ATTEMPTS):
+    for attempt in range(INDEX_ATTEMPTS):
+        if attempt:  # a random pause, growing: publishers that lost the same swap do not meet again at once
+            time.sleep(random.uniform(0, 0.02 * 2 ** min(attempt, 6)))
         data, token = store.read_index()
         index = _load_index(data, store.location)
         new = change(index)
