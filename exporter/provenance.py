@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from efexport.exporter.errors import OutputError, UsageError, VerifyError
 from efexport.exporter.manifest import MANIFEST_FILE, sha256_of
 from efexport.exporter.output import write_atomically
-from efexport.exporter.signing import PROVENANCE_FILE, SIGNATURE_FILE, package_file_problems
+from efexport.exporter.signing import PROVENANCE_FILE, SIGNATURE_FILE, SigningInputError, package_file_problems
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
@@ -224,8 +224,8 @@ def write_provenance(package_dir: Path, *, checkpoint_url: str | None = None, bu
     files differ from its manifest (VerifyError) and a signed package (UsageError: the signature would no longer
     cover it; write provenance first, then sign)."""
     package_dir = Path(package_dir)
-    if not (package_dir / MANIFEST_FILE).is_file():
-        raise UsageError(f"{package_dir}: not a package directory: no {MANIFEST_FILE}")
+    if not (package_dir / MANIFEST_FILE).is_file():  # exit 3, as efexport sign
+        raise SigningInputError(f"{package_dir}: not a package: no {MANIFEST_FILE}")
     if (package_dir / SIGNATURE_FILE).exists():
         raise UsageError(f"{package_dir} is signed already: provenance is written before signing (the signature "
                          f"covers it); remove {SIGNATURE_FILE}, write the provenance, then sign again")

@@ -83,7 +83,8 @@ _FULCIO_ISSUER_V1 = "1.3.6.1.4.1.57264.1.1"  # raw string (deprecated, still wri
 
 
 class SigningInputError(EfexportError):
-    """A key, certificate or token that cannot sign (missing, unreadable, not an EC key): bad input, exit 3."""
+    """A key, certificate or token that cannot sign (missing, unreadable, not an EC key), or a directory that is
+    not a package (sign, provenance): bad input, exit 3."""
 
     exit_code = ExitCode.BAD_INPUT
 

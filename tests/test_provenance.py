@@ -25,7 +25,7 @@ from efexport.exporter.provenance import (
     check_provenance,
     write_provenance,
 )
-from efexport.exporter.signing import SIGNATURE_FILE, Trust, check_signature, sign_package
+from efexport.exporter.signing import SIGNATURE_FILE, SigningInputError, Trust, check_signature, sign_package
 from efexport.exporter.verify import verify_package
 from tests.helpers import run_cli
 from tests.packages import exported_package
@@ -102,10 +102,14 @@ def test_github_actions_builder_checkpoint_and_commit(package: Path) -> None:
     assert internal["github"]["workflow_ref"] == GITHUB["GITHUB_WORKFLOW_REF"]
 
 
-def test_checkpoint_url_is_refused_for_random_weights(package: Path) -> None:
+def test_checkpoint_url_is_refused_for_random_weights_and_a_directory_that_is_not_a_package(package: Path,
+                                                                                           tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="random-init weights"):
         write_provenance(package, checkpoint_url="https://example.com/x.pth")
     assert not (package / PROVENANCE_FILE).exists()
+    with pytest.raises(SigningInputError, match=r"not a package: no manifest\.json") as refused:
+        write_provenance(tmp_path / "nothing")
+    assert refused.value.exit_code == ExitCode.BAD_INPUT
 
 
 def test_a_tampered_subject_fails_naming_the_file(package: Path) -> None:
