@@ -143,6 +143,12 @@ Issuer = Annotated[
                  help="Keyless (Sigstore) signatures: the OIDC issuer required (e.g. "
                       "https://token.actions.githubusercontent.com); with --identity."),
 ]
+CertificateChain = Annotated[
+    list[Path] | None,
+    typer.Option("--certificate-chain", show_default=False,
+                 help="Certificate signatures: the chain up to a trusted root (PEM; repeatable): a valid signature by "
+                      "a certificate it vouches for is required."),
+]
 RequireSignature = Annotated[
     bool,
     typer.Option("--require-signature", help="Refuse a package that carries no signature (a present one is always "

@@ -36,10 +36,7 @@ def publish_command(
     trusted_key: options.TrustedKeys = None,
     identity: options.Identity = None,
     issuer: options.Issuer = None,
-    certificate_chain: Annotated[list[Path] | None, typer.Option(
-        "--certificate-chain", show_default=False,
-        help="Certificate signatures: the chain up to a trusted root (PEM; repeatable): a valid signature by a "
-             "certificate it vouches for is required.")] = None,
+    certificate_chain: options.CertificateChain = None,
     require_signature: options.RequireSignature = False,
     threads: options.Threads = 2,
     quiet: options.Quiet = False,

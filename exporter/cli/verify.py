@@ -25,10 +25,7 @@ def verify_command(
     trusted_keys: options.TrustedKeys = None,
     identity: options.Identity = None,
     issuer: options.Issuer = None,
-    certificate_chain: Annotated[list[Path] | None, typer.Option(
-        "--certificate-chain", show_default=False,
-        help="Certificate signatures: the chain up to a trusted root (PEM; repeatable): a valid signature by a "
-             "certificate it vouches for is required.")] = None,
+    certificate_chain: options.CertificateChain = None,
     require_signature: options.RequireSignature = False,
     quiet: options.Quiet = False,
     as_json: options.Json = False,
