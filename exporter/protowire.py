@@ -8,6 +8,8 @@ from __future__ import annotations
 import mmap
 from collections.abc import Iterator, Sequence
 
+ONNX_METADATA_PROPS = 14  # onnx ModelProto.metadata_props: repeated StringStringEntryProto (key = 1, value = 2)
+
 Buffer = bytes | memoryview | mmap.mmap
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from efexport.exporter.protowire import fields
+from efexport.exporter.protowire import ONNX_METADATA_PROPS, fields
 from efexport.exporter.recipes import Recipe
 from efexport.exporter.targets.base import Runner
 from efexport.validate.coreai_runtime import METADATA_FILE
@@ -65,7 +65,6 @@ def measure_latency(runner: Runner, recipe: Recipe, reference: ReferenceSet) -> 
 # file the validate stage ran have the same digest exactly when everything but that metadata is byte for byte
 # the same. Only metadata known to be inert is passed over: ONNX Runtime can take session options from a
 # metadata entry (``ort_config``), so a file with any other key has no digest, and is run.
-_METADATA_PROPS = 14  # ModelProto.metadata_props
 _INERT_KEY_PREFIXES = (b"efexport.", b"onnxsim.")  # efexport's facts (metadata_entries); onnxsim's own record
 # A tensor stored outside the file (external data) names its file in an entry with the key "location"
 # (StringStringEntryProto: field 1, length 8): a file without these bytes holds all its weights itself.
@@ -92,7 +91,7 @@ def model_digest(path: Path) -> str | None:
                 return None
             with memoryview(data) as view:
                 for number, start, payload, end in fields(data, 0, len(data)):
-                    if number != _METADATA_PROPS:
+                    if number != ONNX_METADATA_PROPS:
                         digest.update(view[start:end])
                         continue
                     keys = [data[p:e] for n, _, p, e in fields(data, payload, end) if n == 1]

@@ -7,9 +7,7 @@ import mmap
 from pathlib import Path
 
 from efexport.exporter.manifest import EmbeddedEntries, unique_entries
-from efexport.exporter.protowire import string_pairs
-
-METADATA_PROPS = 14  # ModelProto.metadata_props: repeated StringStringEntryProto (key = 1, value = 2)
+from efexport.exporter.protowire import ONNX_METADATA_PROPS, string_pairs
 
 
 def onnx_metadata(path: Path, name: str) -> EmbeddedEntries:
@@ -20,7 +18,7 @@ def onnx_metadata(path: Path, name: str) -> EmbeddedEntries:
         if not handle.seek(0, 2):
             raise ValueError(f"{name} is empty")
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return EmbeddedEntries(where, unique_entries(string_pairs(data, (METADATA_PROPS,)), where))
+            return EmbeddedEntries(where, unique_entries(string_pairs(data, (ONNX_METADATA_PROPS,)), where))
 
 
 def embedded(package: Path, model_file: str) -> list[EmbeddedEntries]:
